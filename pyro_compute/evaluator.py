@@ -1,0 +1,179 @@
+"""The remote object a worker hosts: validate arguments, run kernels and tasks, return plain data."""
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import threading
+import time
+import traceback
+from typing import Any, Callable, Sequence
+
+import numba
+import numpy as np
+import Pyro4
+
+from . import kernels
+from .errors import KernelError
+from .references import Resolver
+
+MAX_SAMPLES = 1 << 40
+MAX_DIMS = 64
+MAX_BATCH = 1_000_000
+KERNELS = ("pi_hits", "integrate")
+
+
+def check_count(name: str, value: Any, maximum: int = MAX_SAMPLES, minimum: int = 0) -> int:
+    """Return ``value`` as an int in [minimum, maximum] or raise a TypeError/KernelError naming it."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, not {type(value).__name__} {value!r:.80}")
+    if not minimum <= value <= maximum:
+        raise KernelError(f"{name} must be between {minimum} and {maximum}, not {value}")
+    return int(value)
+
+
+def check_seed(seed: Any) -> np.uint64:
+    """Return ``seed`` as a uint64, or raise if it is not an integer in [0, 2**64)."""
+    return np.uint64(check_count("seed", seed, (1 << 64) - 1))
+
+
+def _bounds(name: str, value: Any, dims: int) -> np.ndarray:
+    if isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_)):
+        value = [value] * dims
+    if not isinstance(value, (list, tuple, np.ndarray)) or len(value) != dims:
+        raise TypeError(f"{name} must be a number or a list of {dims} numbers, not {value!r:.80}")
+    try:
+        arr = np.array(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must contain only numbers, not {value!r:.80}") from None
+    if not np.all(np.isfinite(arr)):
+        raise KernelError(f"{name} must be finite, not {value!r:.80}")
+    return arr
+
+
+@Pyro4.expose
+@Pyro4.behavior(instance_mode="single")
+class Evaluator:
+    """Runs Monte Carlo kernels and allowed functions for remote callers; never dies of bad input."""
+
+    def __init__(self, resolver: Resolver | None = None, name: str = "") -> None:
+        self.name = name
+        self._resolver = resolver or Resolver()
+        self._lock = threading.Lock()
+        self._started = time.time()
+        self._tasks = self._samples = self._errors = 0
+        self._busy = 0.0
+
+    def pi_hits(self, samples: int, seed: int = 0) -> int:
+        """Count hits of ``samples`` random points inside the quarter circle.
+
+        Raises:
+            TypeError, KernelError: samples or seed is not an integer in range.
+        """
+        n = check_count("samples", samples)
+        started = time.perf_counter()
+        hits = int(kernels.pi_hits(n, check_seed(seed)))
+        self._record(1, n, time.perf_counter() - started)
+        return hits
+
+    def integrate(self, integrand: str, samples: int, seed: int = 0, lower: Any = 0.0,
+                  upper: Any = 1.0, dims: int = 1) -> dict[str, float]:
+        """Sample ``integrand`` over the box [lower, upper]; return ``{n, sum, sumsq}``.
+
+        Raises:
+            TypeError, KernelError: unknown integrand or bad samples, seed, bounds or dims.
+        """
+        if integrand not in kernels.INTEGRANDS:
+            raise KernelError(f"unknown integrand {integrand!r}; choose one of "
+                              + ", ".join(kernels.INTEGRANDS))
+        d = check_count("dims", dims, MAX_DIMS, 1)
+        lo, hi = _bounds("lower", lower, d), _bounds("upper", upper, d)
+        if not np.all(hi > lo):
+            raise KernelError("every upper bound must be greater than its lower bound")
+        n = check_count("samples", samples)
+        started = time.perf_counter()
+        count, total, total_sq = kernels.integrate(kernels.INTEGRANDS.index(integrand), n,
+                                                   check_seed(seed), lo, hi)
+        self._record(1, n, time.perf_counter() - started)
+        return {"n": int(count), "sum": float(total), "sumsq": float(total_sq)}
+
+    def batch(self, task: str, args: Sequence[Sequence[Any]], kwargs: dict[str, Any] | None = None,
+              seeds: Sequence[int] | None = None) -> dict[str, Any]:
+        """Run ``task`` once per argument tuple; ``seeds[i]`` (if given) becomes keyword ``seed``.
+
+        Returns:
+            ``{"results": [...], "errors": [[index, module, type, args, traceback], ...]}``;
+            results of failed items are None.
+
+        Raises:
+            TypeError, KernelError: the batch itself is malformed or names a forbidden task.
+        """
+        fn = self._task(task)
+        if not isinstance(args, (list, tuple)) or len(args) > MAX_BATCH:
+            raise TypeError(f"args must be a list of at most {MAX_BATCH} argument lists")
+        if kwargs is not None and not (isinstance(kwargs, dict) and all(isinstance(k, str) for k in kwargs)):
+            raise TypeError("kwargs must be a dict with string keys or None")
+        if seeds is not None and (not isinstance(seeds, (list, tuple)) or len(seeds) != len(args)):
+            raise TypeError("seeds must be None or a list with one seed per argument list")
+        started = time.perf_counter()
+        results, errors = _run_all(fn, args, kwargs or {}, seeds)
+        # Kernel methods record their own work; count only what they could not see.
+        if ":" in task:
+            self._record(len(args), 0, time.perf_counter() - started)
+        with self._lock:
+            self._errors += len(errors)
+        return {"results": results, "errors": errors}
+
+    def info(self) -> dict[str, Any]:
+        """Describe this worker: name, host, pid, cores, kernels and library versions."""
+        return {"name": self.name, "host": socket.gethostname(), "pid": os.getpid(),
+                "cores": os.cpu_count() or 1, "kernels": list(KERNELS),
+                "integrands": list(kernels.INTEGRANDS), "modules": list(self._resolver.modules),
+                "script": self._resolver.script, "python": platform.python_version(),
+                "pyro4": Pyro4.__version__, "numpy": np.__version__, "numba": numba.__version__}
+
+    def stats(self) -> dict[str, Any]:
+        """Counters since start: tasks, samples, errors, busy seconds, up time."""
+        with self._lock:
+            return {"tasks": self._tasks, "samples": self._samples, "errors": self._errors,
+                    "busy_seconds": self._busy, "uptime": time.time() - self._started}
+
+    def _task(self, task: Any) -> Callable[..., Any]:
+        if not isinstance(task, str):
+            raise TypeError(f"task must be a kernel name or 'module:function' string, not {task!r:.80}")
+        if ":" in task:
+            return self._resolver.resolve(task)
+        if task not in KERNELS:
+            raise KernelError(f"unknown kernel {task!r}; this worker offers {', '.join(KERNELS)} "
+                              "or functions by 'module:function' reference")
+        return getattr(self, task)  # type: ignore[no-any-return]
+
+    def _record(self, tasks: int, samples: int, busy: float) -> None:
+        with self._lock:
+            self._tasks += tasks
+            self._samples += samples
+            self._busy += busy
+
+
+def _run_all(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any],
+             seeds: Sequence[int] | None) -> tuple[list[Any], list[list[Any]]]:
+    results: list[Any] = []
+    errors: list[list[Any]] = []
+    for i, item in enumerate(args):
+        try:
+            if not isinstance(item, (list, tuple)):
+                raise TypeError(f"argument list {i} must be a list or tuple, not {type(item).__name__}")
+            if seeds is None:
+                results.append(fn(*item, **kwargs))
+            else:
+                results.append(fn(*item, seed=seeds[i], **kwargs))
+        except Exception as e:  # a task's failure belongs to that task, never to the worker
+            results.append(None)
+            kind = type(e)
+            errors.append([i, kind.__module__, kind.__qualname__, _plain_args(e),
+                           "".join(traceback.format_exception(e))])
+    return results, errors
+
+
+def _plain_args(e: BaseException) -> list[Any]:
+    return [a if isinstance(a, (str, int, float, bool, type(None))) else repr(a) for a in e.args]

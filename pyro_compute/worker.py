@@ -1,0 +1,151 @@
+"""The ``compute-worker`` daemon: warm up kernels, serve an Evaluator, keep it registered."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from typing import Any
+
+import Pyro4
+import Pyro4.errors
+import Pyro4.naming
+
+from . import __version__, kernels
+from .config import NAME_PREFIX, Settings
+from .evaluator import KERNELS, Evaluator
+from .references import Resolver
+from .wire import register_wire
+
+log = logging.getLogger(__name__)
+
+
+def configure_pyro(settings: Settings) -> None:
+    """Set Pyro4's process-wide options for a server: serpent only, bounded messages."""
+    Pyro4.config.SERIALIZER = "serpent"
+    Pyro4.config.SERIALIZERS_ACCEPTED = {"serpent"}
+    Pyro4.config.MAX_MESSAGE_SIZE = settings.max_message_size
+    Pyro4.config.POLLTIMEOUT = 0.2
+    Pyro4.config.SOCK_NODELAY = True
+    Pyro4.config.THREADPOOL_SIZE = 64
+    register_wire()
+
+
+def locate_ns(settings: Settings) -> Any:
+    """A fresh proxy to the name server named in ``settings``."""
+    host, port = settings.ns_address
+    return Pyro4.locateNS(host, port, hmac_key=settings.hmac_bytes)
+
+
+class Worker:
+    """One Pyro4 daemon hosting one Evaluator, registered in the name server while it serves."""
+
+    def __init__(self, settings: Settings, name: str | None = None, port: int = 0,
+                 script: str | None = None) -> None:
+        self.settings = settings
+        self.name = NAME_PREFIX + (name or f"{socket.gethostname()}.{os.getpid()}")
+        self._stop = threading.Event()
+        resolver = Resolver(settings.allowed_modules, script)
+        self.evaluator = Evaluator(resolver, self.name)
+        kernels.warm_up()
+        self.daemon = Pyro4.Daemon(host=settings.host, port=port)
+        self.daemon._pyroHmacKey = settings.hmac_bytes
+        self.uri = self.daemon.register(self.evaluator, objectId=self.name)
+        self.metadata = {"pyro_compute.evaluator", f"kernels:{','.join(KERNELS)}",
+                         f"cores:{os.cpu_count() or 1}", f"host:{socket.gethostname()}",
+                         f"version:{__version__}"}
+        self._registrar = threading.Thread(target=self._keep_registered, name="registrar", daemon=True)
+
+    def serve(self) -> None:
+        """Register, then serve until ``stop()``; unregister and close on the way out."""
+        self._register()
+        self._registrar.start()
+        log.info("worker %s serving at %s", self.name, self.uri)
+        try:
+            self.daemon.requestLoop(loopCondition=lambda: not self._stop.is_set())
+        finally:
+            self._stop.set()
+            self._registrar.join(timeout=5)
+            self._unregister()
+            self.daemon.close()
+            log.info("worker %s stopped", self.name)
+
+    def stop(self) -> None:
+        """Ask the request loop to finish; safe from a signal handler and to call twice."""
+        self._stop.set()
+
+    def _register(self) -> bool:
+        try:
+            with locate_ns(self.settings) as ns:
+                ns.register(self.name, self.uri, metadata=self.metadata)
+            return True
+        except Pyro4.errors.PyroError as e:
+            log.warning("cannot register %s with the name server at %s: %s", self.name,
+                        self.settings.ns, e)
+            return False
+
+    def _keep_registered(self) -> None:
+        """Check the registration now and then; register again after a name server restart."""
+        while not self._stop.wait(self.settings.discovery_interval):
+            try:
+                with locate_ns(self.settings) as ns:
+                    if str(ns.lookup(self.name)) == str(self.uri):
+                        continue
+            except Pyro4.errors.NamingError:
+                pass  # reachable but our name is gone: register again below
+            except Pyro4.errors.PyroError:
+                continue  # name server down; try again next round
+            if self._register():
+                log.info("registered %s again", self.name)
+
+    def _unregister(self) -> None:
+        try:
+            with locate_ns(self.settings) as ns:
+                if str(ns.lookup(self.name)) == str(self.uri):
+                    ns.remove(self.name)
+        except Pyro4.errors.PyroError as e:
+            log.warning("cannot unregister %s: %s", self.name, e)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``compute-worker`` command line."""
+    p = argparse.ArgumentParser(
+        prog="compute-worker",
+        description="Serve pyro_compute's Evaluator (Numba Monte Carlo kernels and allowed "
+                    "functions) and register it in a Pyro4 name server.",
+        epilog="Secrets come from PYRO_COMPUTE_HMAC_KEY or PYRO_COMPUTE_HMAC_KEY_FILE, never "
+               "the command line. Run one worker per core.")
+    p.add_argument("--ns", help="name server HOST:PORT (default: $PYRO_COMPUTE_NS or 127.0.0.1:9090)")
+    p.add_argument("--host", help="interface to bind (default: $PYRO_COMPUTE_HOST or 127.0.0.1)")
+    p.add_argument("--port", type=int, default=0, help="port to bind (default: any free port)")
+    p.add_argument("--name", help="register as pyro_compute.evaluator.NAME (default: HOST.PID)")
+    p.add_argument("--script", help="a script whose functions callers may run (as __main__)")
+    p.add_argument("--allow-module", action="append", default=[], metavar="MODULE",
+                   help="a module whose functions callers may run; repeat for more")
+    p.add_argument("--hmac-key-file", help="file holding the shared secret")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="log debug messages")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a worker until SIGTERM or SIGINT; return the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    modules = ",".join(filter(None, [os.environ.get("PYRO_COMPUTE_ALLOW_MODULES", ""), *args.allow_module]))
+    settings = Settings.from_env(ns=args.ns, host=args.host, hmac_key_file=args.hmac_key_file,
+                                 allow_modules=modules or None)
+    configure_pyro(settings)
+    worker = Worker(settings, name=args.name, port=args.port, script=args.script)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: worker.stop())
+    print(f"ready {worker.name} {worker.uri}", flush=True)
+    worker.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
