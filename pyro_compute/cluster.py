@@ -1,0 +1,183 @@
+"""LocalCluster: a name server and N compute-worker processes on 127.0.0.1, for one run."""
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from pathlib import Path
+from typing import Any, Sequence
+
+import Pyro4
+import Pyro4.errors
+
+from .config import NAME_PREFIX, Settings
+from .errors import ClusterError
+
+LOCALHOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind((LOCALHOST, 0))
+        return int(s.getsockname()[1])
+
+
+class LocalCluster:
+    """Start a Pyro4 name server and ``n_workers`` workers as child processes; stop them on close.
+
+    Args:
+        n_workers: how many worker processes (default: one per core).
+        hmac_key: shared secret; a random one is generated when None.
+        script: a script whose functions the workers may run as ``__main__``.
+        allow_modules: further modules whose functions the workers may run.
+        env: extra environment variables for every child.
+        startup_timeout: seconds to wait until every worker is registered.
+
+    Raises:
+        ClusterError: a child failed to start or did not register in time.
+    """
+
+    def __init__(self, n_workers: int | None = None, *, hmac_key: str | None = None,
+                 script: str | None = None, allow_modules: Sequence[str] = (),
+                 env: dict[str, str] | None = None, startup_timeout: float = 60.0) -> None:
+        self.n_workers = n_workers or os.cpu_count() or 1
+        if self.n_workers < 1:
+            raise ClusterError(f"a cluster needs at least one worker, not {n_workers}")
+        self.settings = Settings.from_env(
+            {}, ns=f"{LOCALHOST}:{free_port()}",
+            hmac_key=secrets.token_hex(16) if hmac_key is None else hmac_key,
+            allow_modules=",".join(allow_modules))
+        self.script = os.path.abspath(script) if script else None
+        self.startup_timeout = startup_timeout
+        self._env = dict(env or {})
+        self._logdir = tempfile.TemporaryDirectory(prefix="pyro-compute-")
+        self.nameserver: subprocess.Popen[bytes] | None = None
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self._ns_procs: list[subprocess.Popen[bytes]] = []
+        self._count = 0
+        self._finalizer = weakref.finalize(self, _terminate, self.workers, self._ns_procs)
+        try:
+            self.start_nameserver()
+            for _ in range(self.n_workers):
+                self.start_worker(wait=False)
+            self.wait_for_workers(self.n_workers)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def ns(self) -> str:
+        """The name server address as HOST:PORT."""
+        return self.settings.ns
+
+    def start_nameserver(self) -> None:
+        """Start (or restart) the name server on the cluster's port and wait until it answers."""
+        host, port = self.settings.ns_address
+        env = {"PYRO_HMAC_KEY": self.settings.hmac_key, "PYRO_SERIALIZERS_ACCEPTED": "serpent",
+               "PYRO_MAX_MESSAGE_SIZE": str(self.settings.max_message_size)}
+        self.nameserver = self._spawn("nameserver", [sys.executable, "-m", "Pyro4.naming", "-n", host,
+                                                     "-p", str(port), "-x"], env)
+        self._ns_procs.append(self.nameserver)
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            try:
+                Pyro4.locateNS(host, port, hmac_key=self.settings.hmac_bytes).ping()
+                return
+            except Pyro4.errors.PyroError:
+                self._check_alive(self.nameserver, "the name server")
+                if time.monotonic() > deadline:
+                    raise ClusterError(f"the name server did not answer on {self.ns} within "
+                                       f"{self.startup_timeout:.0f} s") from None
+                time.sleep(0.05)
+
+    def stop_nameserver(self, sig: int = signal.SIGTERM) -> None:
+        """Stop the name server (workers keep serving); for tests of name server loss."""
+        if self.nameserver is not None and self.nameserver.poll() is None:
+            self.nameserver.send_signal(sig)
+            self.nameserver.wait(timeout=10)
+
+    def start_worker(self, *args: str, wait: bool = True) -> subprocess.Popen[bytes]:
+        """Start one more worker (extra ``compute-worker`` arguments in ``args``)."""
+        name = f"local.{os.getpid()}.{self._count}"
+        self._count += 1
+        cmd = [sys.executable, "-m", "pyro_compute.worker", "--ns", self.ns, "--name", name, *args]
+        if self.script:
+            cmd += ["--script", self.script]
+        env = {k: v for k, v in self.settings.as_env().items()
+               if k in ("PYRO_COMPUTE_HMAC_KEY", "PYRO_COMPUTE_ALLOW_MODULES")}
+        proc = self._spawn(name, cmd, env)
+        self.workers.append(proc)
+        if wait:
+            self.wait_for_workers(len(self.registered()) + 1)
+        return proc
+
+    def registered(self) -> dict[str, str]:
+        """Worker names and URIs currently in the name server."""
+        host, port = self.settings.ns_address
+        with Pyro4.locateNS(host, port, hmac_key=self.settings.hmac_bytes) as ns:
+            return dict(ns.list(prefix=NAME_PREFIX))
+
+    def wait_for_workers(self, count: int) -> None:
+        """Block until at least ``count`` workers are registered.
+
+        Raises:
+            ClusterError: a worker exited or the startup timeout passed.
+        """
+        deadline = time.monotonic() + self.startup_timeout
+        while len(self.registered()) < count:
+            for proc in self.workers:
+                self._check_alive(proc, "a worker")
+            if time.monotonic() > deadline:
+                raise ClusterError(f"only {len(self.registered())} of {count} workers registered "
+                                   f"within {self.startup_timeout:.0f} s; logs in {self._logdir.name}")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        """Stop every worker, then the name server; kill what does not stop in 10 s. Idempotent."""
+        self._finalizer()
+        self._logdir.cleanup()
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _spawn(self, label: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("PYRO")}
+        full_env.update(self._env)
+        full_env.update(env)
+        log = open(Path(self._logdir.name) / f"{label}.log", "wb")
+        with log:
+            return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    env=full_env)
+
+    def _check_alive(self, proc: subprocess.Popen[bytes], what: str) -> None:
+        if proc.poll() is None or proc.returncode in (-signal.SIGTERM, -signal.SIGKILL):
+            return
+        logs = sorted(Path(self._logdir.name).glob("*.log"))
+        tail = "\n".join(p.read_text(errors="replace")[-2000:] for p in logs if p.stat().st_size)
+        raise ClusterError(f"{what} exited with status {proc.returncode} while starting:\n{tail}")
+
+
+def _terminate(workers: list[subprocess.Popen[bytes]], nameservers: list[subprocess.Popen[bytes]],
+               timeout: float = 10.0) -> None:
+    """Workers first (so they can unregister), then name servers; kill stragglers."""
+    for group in (workers, nameservers):
+        for proc in group:
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + timeout
+        for proc in group:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=timeout)
