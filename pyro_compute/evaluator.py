@@ -60,6 +60,9 @@ class Evaluator:
         self.name = name
         self._resolver = resolver or Resolver()
         self._lock = threading.Lock()
+        # One batch at a time: a worker is one core's worth of work; a pool's second call
+        # in flight waits here instead of competing with the first.
+        self._run_lock = threading.Lock()
         self._started = time.time()
         self._tasks = self._samples = self._errors = 0
         self._busy = 0.0
@@ -115,11 +118,12 @@ class Evaluator:
             raise TypeError("kwargs must be a dict with string keys or None")
         if seeds is not None and (not isinstance(seeds, (list, tuple)) or len(seeds) != len(args)):
             raise TypeError("seeds must be None or a list with one seed per argument list")
-        started = time.perf_counter()
-        results, errors = _run_all(fn, args, kwargs or {}, seeds)
+        with self._run_lock:
+            started = time.perf_counter()
+            results, errors = _run_all(fn, args, kwargs or {}, seeds)
         # Kernel methods record their own work; count only what they could not see.
-        if ":" in task:
-            self._record(len(args), 0, time.perf_counter() - started)
+            if ":" in task:
+                self._record(len(args), 0, time.perf_counter() - started)
         with self._lock:
             self._errors += len(errors)
         return {"results": results, "errors": errors}

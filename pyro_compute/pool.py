@@ -1,0 +1,482 @@
+"""Pool: a concurrent.futures.Executor that fans tasks out over every registered worker.
+
+Data flow::
+
+    submit/map ──► _Chunk (task ref, argument tuples, seeds, Future)
+                     │  Feeder thread per map call: reads the input lazily,
+                     │  sizes chunks from measured task times, bounds chunks in flight
+                     ▼
+               pending deque ◄── failed chunks go back in front (worker lost)
+                     │
+       ┌─────────────┼──────────────┐   one _Link per worker found in the name server,
+       ▼             ▼              ▼   SLOTS dispatcher threads per link, each with its own proxy
+   dispatcher    dispatcher     dispatcher ── Evaluator.batch() over Pyro4 (serpent, HMAC)
+       │             │              │
+       └─────► chunk.resolve(results, errors) ──► Future ──► map / map_as_completed / map_reduce
+"""
+from __future__ import annotations
+
+import builtins
+import collections
+import concurrent.futures
+import functools
+import itertools
+import logging
+import queue
+import sys
+import threading
+import time
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+
+import numpy as np
+import Pyro4
+import Pyro4.errors
+from tqdm.auto import tqdm
+
+from .config import NAME_PREFIX, Settings
+from .errors import ComputeError, RemoteError, RemoteTraceback, WorkerUnavailableError
+from .references import reference_of
+from .wire import register_wire
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SLOTS = 2              # calls in flight per worker, so none idles while a result travels back
+TARGET_SECONDS = 0.02  # work carried by one RMI call once task times are known
+MAX_CHUNK = 4096
+CHUNKS_PER_SLOT = 4    # chunks in flight per dispatcher for streaming map calls
+
+
+class _Chunk:
+    """Consecutive tasks that travel in one RMI call; ``future`` resolves once for all of them."""
+
+    __slots__ = ("task", "args", "kwargs", "seeds", "future", "single", "tried")
+
+    def __init__(self, task: str, args: list[tuple[Any, ...]], kwargs: dict[str, Any] | None,
+                 seeds: list[int] | None, single: bool) -> None:
+        self.task, self.args, self.kwargs, self.seeds = task, args, kwargs, seeds
+        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.single = single
+        self.tried: list[str] = []
+
+    def resolve(self, results: list[Any], errors: list[list[Any]]) -> None:
+        """Fill the future: a single task's value or exception, else ``(results, errors)``."""
+        if not self.single:
+            self.future.set_result((results, errors))
+        elif errors:
+            self.future.set_exception(rebuild_error(errors[0]))
+        else:
+            self.future.set_result(results[0])
+
+
+def rebuild_error(entry: Sequence[Any]) -> BaseException:
+    """Recreate a task's remote exception from ``[index, module, type, args, traceback]``.
+
+    The type is looked up among builtins and modules already imported here, never imported;
+    anything else becomes a RemoteError. ``__cause__`` carries the remote traceback.
+    """
+    _, module, qualname, args, tb = entry
+    cls: Any = builtins if module == "builtins" else sys.modules.get(module)
+    for part in str(qualname).split("."):
+        cls = getattr(cls, part, None)
+    exc: BaseException
+    try:
+        if not (isinstance(cls, type) and issubclass(cls, Exception)):
+            raise TypeError
+        exc = cls(*args)
+    except Exception:  # any constructor that cannot take its own args back
+        exc = RemoteError(f"{module}.{qualname}: {', '.join(map(str, args))}")
+    exc.__cause__ = RemoteTraceback(tb)
+    return exc
+
+
+def _with_remote_cause(exc: BaseException) -> BaseException:
+    tb = getattr(exc, "_pyroTraceback", None)
+    if tb:
+        exc.__cause__ = RemoteTraceback("".join(tb))
+    return exc
+
+
+def _items(results: list[Any], errors: list[list[Any]]) -> Iterator[Any]:
+    """Yield a chunk's results in order, raising the first task error where it stands."""
+    if not errors:
+        yield from results
+        return
+    failed = {e[0]: e for e in errors}
+    for i, value in enumerate(results):
+        if i in failed:
+            raise rebuild_error(failed[i])
+        yield value
+
+
+class _Link:
+    """A worker the pool knows: its name, URI and whether it may still take work."""
+
+    def __init__(self, name: str, uri: str) -> None:
+        self.name, self.uri = name, uri
+        self.dead = False
+        self.leaving = False
+        self.threads: list[threading.Thread] = []
+
+
+class Pool(concurrent.futures.Executor):
+    """Run tasks on the compute workers registered in a Pyro4 name server.
+
+    A task is an Evaluator kernel by name (``"pi_hits"``) or a module-level function sent by
+    reference (module and qualified name) that the worker imports from its allow-list.
+
+    Args:
+        ns: name server ``HOST:PORT``; default from ``settings``, ``cluster`` or ``PYRO_COMPUTE_NS``.
+        cluster: a LocalCluster (anything with ``.settings``) to connect to.
+        settings: explicit settings; overrides the environment.
+        seed: pool-level seed; each map call then draws its own child seeds from it.
+
+    Raises:
+        WorkerUnavailableError: the name server cannot be reached.
+    """
+
+    def __init__(self, ns: str | None = None, *, cluster: Any = None, settings: Settings | None = None,
+                 seed: int | None = None) -> None:
+        base = settings or (cluster.settings if cluster is not None else Settings.from_env())
+        self.settings = Settings.from_env({}, **{**vars(base), "ns": ns or base.ns})
+        register_wire()
+        self.seed = seed
+        self._calls = itertools.count()
+        self._cond = threading.Condition()
+        self._pending: collections.deque[_Chunk] = collections.deque()
+        self._links: dict[str, _Link] = {}
+        self._dead_uris: set[str] = set()
+        self._per_item: dict[str, float] = {}
+        self._busy = 0
+        self._shutdown = False
+        self._no_worker_since: float | None = None
+        self._ns_names = self._scan()  # fail fast on a wrong address
+        self._update_links(self._ns_names)
+        self._discovery = threading.Thread(target=self._discover, name="pool-discovery", daemon=True)
+        self._discovery.start()
+
+    # -- public API -------------------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., T] | str, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[T]:
+        """Schedule ``fn(*args, **kwargs)`` on some worker.
+
+        Returns:
+            A Future that resolves to the result or the task's (rebuilt) exception.
+
+        Raises:
+            RuntimeError: the pool was shut down.
+            TypeError: fn cannot be sent by reference.
+        """
+        chunk = _Chunk(reference_of(fn), [args], kwargs or None, None, single=True)
+        self._enqueue([chunk])
+        return chunk.future
+
+    def map(self, fn: Callable[..., T] | str, *iterables: Iterable[Any], timeout: float | None = None,
+            chunksize: int | None = None, seed: int | None = None,
+            progress: bool = False) -> Iterator[T]:
+        """Like built-in ``map`` run on the workers: results in input order, input read lazily.
+
+        Args:
+            fn: kernel name or module-level function.
+            iterables: argument iterables, zipped; may be endless generators.
+            timeout: seconds from this call after which waiting for a result raises TimeoutError.
+            chunksize: tasks per RMI call; default chosen from measured task times.
+            seed: task ``i`` gets keyword ``seed`` = child ``i`` of ``SeedSequence(seed)``.
+            progress: show a tqdm progress bar.
+        """
+        feeder = self._feed(fn, iterables, chunksize, seed, ordered=True)
+        return self._results(feeder, timeout, progress)
+
+    def map_as_completed(self, fn: Callable[..., T] | str, *iterables: Iterable[Any],
+                         timeout: float | None = None, chunksize: int | None = None,
+                         seed: int | None = None, progress: bool = False) -> Iterator[T]:
+        """Like ``map`` but yields each result as soon as it is ready, in completion order."""
+        feeder = self._feed(fn, iterables, chunksize, seed, ordered=False)
+        return self._results(feeder, timeout, progress)
+
+    def map_reduce(self, fn: Callable[..., Any] | str, reduction: Callable[[Any, Any], T],
+                   *iterables: Iterable[Any], timeout: float | None = None,
+                   chunksize: int | None = None, seed: int | None = None,
+                   progress: bool = False) -> T:
+        """Fold ``fn``'s results with ``reduction`` as they arrive and return the total.
+
+        Raises:
+            TypeError: the input was empty.
+        """
+        results = self.map_as_completed(fn, *iterables, timeout=timeout, chunksize=chunksize,
+                                        seed=seed, progress=progress)
+        return functools.reduce(reduction, results)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting work, optionally cancel pending tasks, then stop the dispatchers.
+
+        It is safe to call this method several times.
+        """
+        with self._cond:
+            self._shutdown = True
+            if cancel_futures:
+                while self._pending:
+                    self._pending.popleft().future.cancel()
+            self._cond.notify_all()
+        if wait:
+            with self._cond:
+                self._cond.wait_for(lambda: not self._pending and not self._busy)
+            for link in list(self._links.values()):
+                for t in link.threads:
+                    t.join(timeout=5)
+            self._discovery.join(timeout=5)
+
+    @property
+    def workers(self) -> list[str]:
+        """Names of the workers currently taking work."""
+        with self._cond:
+            return [n for n, link in self._links.items() if not (link.dead or link.leaving)]
+
+    # -- scheduling -------------------------------------------------------------------------
+
+    def _enqueue(self, chunks: list[_Chunk]) -> None:
+        with self._cond:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new tasks after the pool was shut down")
+            self._pending.extend(chunks)
+            self._cond.notify(len(chunks))
+
+    def _chunk_size(self, task: str, previous: int) -> int:
+        per_item = self._per_item.get(task)
+        if per_item is None:
+            return min(2 * previous, MAX_CHUNK)
+        return max(1, min(2 * previous, MAX_CHUNK, int(TARGET_SECONDS / max(per_item, 1e-9))))
+
+    def _record(self, task: str, seconds: float, items: int) -> None:
+        sample = seconds / items
+        old = self._per_item.get(task)
+        self._per_item[task] = sample if old is None else 0.7 * old + 0.3 * sample
+
+    def _feed(self, fn: Callable[..., Any] | str, iterables: Sequence[Iterable[Any]],
+              chunksize: int | None, seed: int | None, ordered: bool) -> _Feeder:
+        if not iterables:
+            raise TypeError("map needs at least one iterable of arguments")
+        if chunksize is not None and chunksize < 1:
+            raise ValueError(f"chunksize must be at least 1, not {chunksize}")
+        if seed is None and self.seed is not None:
+            seed, key = self.seed, (next(self._calls),)
+        else:
+            key = ()
+        feeder = _Feeder(self, reference_of(fn), zip(*iterables), chunksize, seed, key, ordered)
+        feeder.start()
+        return feeder
+
+    def _results(self, feeder: _Feeder, timeout: float | None, progress: bool) -> Iterator[Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        bar = tqdm(disable=not progress, unit="task", dynamic_ncols=True)
+        try:
+            for chunk in feeder.chunks(deadline):
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                results, errors = chunk.future.result(remaining)
+                feeder.release()
+                bar.update(len(results))
+                yield from _items(results, errors)
+        finally:
+            feeder.stop()
+            bar.close()
+
+    def _next_chunk(self, link: _Link) -> _Chunk | None:
+        """Block until there is work for ``link``; None when it should stop."""
+        with self._cond:
+            while True:
+                if link.dead or link.leaving or (self._shutdown and not self._pending):
+                    return None
+                if self._pending:
+                    chunk = self._pending.popleft()
+                    if chunk.future.set_running_or_notify_cancel():
+                        self._busy += 1
+                        return chunk
+                    self._cond.notify_all()  # a cancelled chunk may have been the last one
+                    continue
+                self._cond.wait()
+
+    def _finished(self, chunk: _Chunk, link: _Link, lost: BaseException | None) -> None:
+        """Account for a chunk; requeue it in front if its worker was lost."""
+        with self._cond:
+            self._busy -= 1
+            if lost is not None:
+                link.dead = True
+                self._dead_uris.add(link.uri)
+                chunk.tried.append(link.name)
+                if len(chunk.tried) < self.settings.max_retries:
+                    self._pending.appendleft(chunk)
+                else:
+                    chunk.future.set_exception(WorkerUnavailableError(
+                        f"task {chunk.task} (chunk of {len(chunk.args)}) failed on "
+                        f"{len(chunk.tried)} workers, which were lost: {', '.join(chunk.tried)}; "
+                        f"last error: {lost}"))
+            self._cond.notify_all()
+
+    def _dispatch(self, link: _Link) -> None:
+        """One dispatcher: its own proxy, one call at a time, until the link stops."""
+        proxy = Pyro4.Proxy(link.uri)
+        proxy._pyroHmacKey = self.settings.hmac_bytes
+        proxy._pyroTimeout = self.settings.call_timeout
+        try:
+            while (chunk := self._next_chunk(link)) is not None:
+                lost = self._call(proxy, chunk)
+                if lost is not None:
+                    log.warning("worker %s lost: %s", link.name, lost)
+                self._finished(chunk, link, lost)
+        finally:
+            proxy._pyroRelease()
+
+    def _call(self, proxy: Pyro4.Proxy, chunk: _Chunk) -> BaseException | None:
+        """Run one chunk; return the communication error if the worker was lost."""
+        started = time.perf_counter()
+        try:
+            reply = proxy.batch(chunk.task, chunk.args, chunk.kwargs, chunk.seeds)
+        except (Pyro4.errors.SerializeError, Pyro4.errors.MessageTooLargeError) as e:
+            chunk.future.set_exception(e)
+        except Pyro4.errors.CommunicationError as e:
+            return e
+        except Exception as e:  # the Evaluator rejected the whole call: the caller's error
+            chunk.future.set_exception(_with_remote_cause(e))
+        else:
+            self._record(chunk.task, time.perf_counter() - started, len(chunk.args))
+            chunk.resolve(reply["results"], reply["errors"])
+        return None
+
+    # -- discovery --------------------------------------------------------------------------
+
+    def _scan(self) -> dict[str, str]:
+        host, port = self.settings.ns_address
+        try:
+            with Pyro4.locateNS(host, port, hmac_key=self.settings.hmac_bytes) as ns:
+                return dict(ns.list(prefix=NAME_PREFIX))
+        except Pyro4.errors.PyroError as e:
+            raise WorkerUnavailableError(
+                f"cannot reach the name server at {self.settings.ns}: {e}. Start one "
+                "(nameserver/run-ns) or pass the right --ns / PYRO_COMPUTE_NS and secret") from e
+
+    def _update_links(self, names: dict[str, str]) -> None:
+        with self._cond:
+            if self._shutdown:
+                return
+            for name, link in self._links.items():
+                if names.get(name) != link.uri:
+                    link.leaving = True
+            for name, uri in names.items():
+                link = self._links.get(name)
+                if uri in self._dead_uris or (link is not None and link.uri == uri
+                                              and not (link.dead or link.leaving)):
+                    continue
+                self._links[name] = link = _Link(name, uri)
+                for slot in range(SLOTS):
+                    t = threading.Thread(target=self._dispatch, args=(link,), daemon=True,
+                                         name=f"dispatch-{name}-{slot}")
+                    link.threads.append(t)
+                    t.start()
+            self._cond.notify_all()
+
+    def _discover(self) -> None:
+        """Follow the name server: add new workers, retire unregistered ones, fail on none."""
+        while True:
+            with self._cond:
+                if self._cond.wait_for(lambda: self._shutdown, self.settings.discovery_interval):
+                    return
+            try:
+                self._update_links(self._scan())
+            except WorkerUnavailableError as e:
+                log.warning("%s; keeping the %d workers already known", e, len(self.workers))
+            self._check_starved()
+
+    def _check_starved(self) -> None:
+        with self._cond:
+            if self.workers or not self._pending:
+                self._no_worker_since = None
+                return
+            now = time.monotonic()
+            self._no_worker_since = self._no_worker_since or now
+            if now - self._no_worker_since < self.settings.worker_wait:
+                return
+            error = WorkerUnavailableError(
+                f"no worker was reachable through {self.settings.ns} for "
+                f"{self.settings.worker_wait:.0f} s; start workers with 'compute-worker --ns "
+                f"{self.settings.ns}'")
+            while self._pending:
+                chunk = self._pending.popleft()
+                if chunk.future.set_running_or_notify_cancel():
+                    chunk.future.set_exception(error)
+            self._cond.notify_all()
+
+
+class _Feeder(threading.Thread):
+    """Reads one map call's input lazily into chunks, keeping a bounded number in flight."""
+
+    def __init__(self, pool: Pool, task: str, args: Iterator[tuple[Any, ...]], chunksize: int | None,
+                 seed: int | None, key: tuple[int, ...], ordered: bool) -> None:
+        super().__init__(name=f"feeder-{task}", daemon=True)
+        self.pool, self.task, self.args = pool, task, args
+        self.chunksize, self.seed, self.key, self.ordered = chunksize, seed, key, ordered
+        self.slots = threading.Semaphore(max(8, CHUNKS_PER_SLOT * SLOTS * len(pool.workers)))
+        self.out: queue.SimpleQueue[_Chunk | None] = queue.SimpleQueue()
+        self.submitted: list[_Chunk] = []
+        self.error: BaseException | None = None
+        self.done = False
+        self.stopped = False
+
+    def run(self) -> None:
+        index, size = 0, 1
+        try:
+            while not self.stopped:
+                size = self.chunksize or self.pool._chunk_size(self.task, size)
+                args = list(itertools.islice(self.args, size))
+                if not args:
+                    break
+                seeds = None if self.seed is None else _child_seeds(self.seed, self.key, index, len(args))
+                index += len(args)
+                chunk = _Chunk(self.task, args, None, seeds, single=False)
+                self.slots.acquire()
+                if self.stopped:
+                    break
+                if self.ordered:
+                    self.out.put(chunk)
+                else:
+                    chunk.future.add_done_callback(lambda f, c=chunk: self.out.put(c))
+                self.submitted.append(chunk)
+                self.pool._enqueue([chunk])
+        except BaseException as e:  # the caller's iterable raised: report it in order
+            self.error = e
+        finally:
+            self.done = True
+            self.out.put(None)
+
+    def chunks(self, deadline: float | None) -> Iterator[_Chunk]:
+        """Chunks in submission order (ordered) or completion order; re-raise an input error."""
+        consumed = 0
+        while True:
+            if self.done and consumed == len(self.submitted):
+                break
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                chunk = self.out.get(timeout=remaining)
+            except queue.Empty:
+                raise concurrent.futures.TimeoutError("map timed out waiting for results") from None
+            if chunk is not None:
+                consumed += 1
+                yield chunk
+        if self.error is not None:
+            raise self.error
+
+    def release(self) -> None:
+        """One chunk was consumed: let the feeder put another in flight."""
+        self.slots.release()
+
+    def stop(self) -> None:
+        """Stop reading input and cancel chunks no worker has started."""
+        self.stopped = True
+        self.slots.release()
+        for chunk in self.submitted:
+            chunk.future.cancel()
+
+
+def _child_seeds(seed: int, key: tuple[int, ...], start: int, count: int) -> list[int]:
+    """Seeds of tasks ``start .. start+count-1``: child ``i`` of ``SeedSequence(seed)``."""
+    return [int(np.random.SeedSequence(seed, spawn_key=(*key, i)).generate_state(1, np.uint64)[0])
+            for i in range(start, start + count)]
