@@ -121,7 +121,7 @@ class Evaluator:
         with self._run_lock:
             started = time.perf_counter()
             results, errors = _run_all(fn, args, kwargs or {}, seeds)
-        # Kernel methods record their own work; count only what they could not see.
+            # Kernel methods record their own work; count only what they could not see.
             if ":" in task:
                 self._record(len(args), 0, time.perf_counter() - started)
         with self._lock:
