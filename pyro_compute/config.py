@@ -103,7 +103,8 @@ def parse_address(text: str, what: str = "address") -> tuple[str, int]:
         ConfigError: the text is not HOST:PORT with a port from 0 to 65535.
     """
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
+    # isdigit() alone accepts digits such as '²' that int() rejects.
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise ConfigError(f"{what} must be HOST:PORT, e.g. 127.0.0.1:9090, not {text!r}")
     return host.strip("[]"), int(port)
 

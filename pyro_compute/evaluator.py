@@ -46,6 +46,8 @@ def _bounds(name: str, value: Any, dims: int) -> np.ndarray:
         arr = np.array(value, dtype=np.float64)
     except (TypeError, ValueError):
         raise TypeError(f"{name} must contain only numbers, not {value!r:.80}") from None
+    if arr.shape != (dims,):  # nested lists would reach Numba and fail there with a TypingError
+        raise TypeError(f"{name} must be a number or a flat list of {dims} numbers, not {value!r:.80}")
     if not np.all(np.isfinite(arr)):
         raise KernelError(f"{name} must be finite, not {value!r:.80}")
     return arr
@@ -93,6 +95,11 @@ class Evaluator:
         lo, hi = _bounds("lower", lower, d), _bounds("upper", upper, d)
         if not np.all(hi > lo):
             raise KernelError("every upper bound must be greater than its lower bound")
+        with np.errstate(over="ignore"):
+            volume = np.prod(hi - lo)
+        if not np.isfinite(volume):
+            raise KernelError("the box between lower and upper is too large: its volume overflows a "
+                              "float, so every sample would be inf or nan; integrate over a smaller box")
         n = check_count("samples", samples)
         started = time.perf_counter()
         count, total, total_sq = kernels.integrate(kernels.INTEGRANDS.index(integrand), n,

@@ -127,6 +127,9 @@ def integrate(code: int, samples: int, seed: int,
 
 def warm_up() -> None:
     """Compile (or load from cache) every kernel so the first real call is fast."""
-    pi_hits(LANES + 1, 1)
+    # The Evaluator passes seeds as np.uint64; warming with an int seed would compile
+    # (int64, int64) and leave the signature real calls use to the first caller.
+    seed = np.uint64(1)
+    pi_hits(LANES + 1, seed)
     box = np.zeros(1), np.ones(1)
-    integrate(0, 2, 1, *box)
+    integrate(0, 2, seed, *box)

@@ -114,7 +114,8 @@ class Resolver:
 
     def _load_script(self) -> types.ModuleType:
         module = sys.modules.get(SCRIPT_MODULE)
-        if module is not None:
+        # Another Resolver in this process may have loaded a different script under the same name.
+        if module is not None and getattr(module, "__file__", None) == self.script:
             return module
         assert self.script is not None
         spec = importlib.util.spec_from_file_location(SCRIPT_MODULE, self.script)

@@ -1,0 +1,152 @@
+"""The ``pyro-compute`` command line: argument parsing and output only; the work lives elsewhere."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import runpy
+import secrets
+import sys
+from typing import Any, Iterator
+
+from . import futures
+from .cluster import LocalCluster
+from .config import Settings
+from .errors import ComputeError
+from .montecarlo import estimate_pi
+from .pool import Pool
+
+COMMANDS = ("pi", "run", "config")
+
+
+def _count(text: str) -> int:
+    """Parse a sample count such as 4e9 or 1_000_000."""
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value.is_integer() or value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number of at least 1")
+    return int(value)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+    return value
+
+
+def _add_cluster_options(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--ns", metavar="HOST:PORT",
+                       help="use the workers registered in this name server (default: $PYRO_COMPUTE_NS)")
+    where.add_argument("-n", "--workers", type=int, metavar="N",
+                       help="start an embedded local cluster of N workers (default: one per core)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``pyro-compute`` command line."""
+    p = argparse.ArgumentParser(
+        prog="pyro-compute",
+        description="Spread Monte Carlo and other parallel Python work over Pyro4 compute workers.",
+        epilog="'pyro-compute [-n N] script.py ...' is short for 'pyro-compute run ...'.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    pi = sub.add_parser("pi", help="estimate π with the Numba kernel across the workers",
+                        description="Estimate π by hit counting, spread over the workers. The "
+                                    "answer depends only on --samples, --seed and --tol.")
+    pi.add_argument("--samples", type=_count, default=10**9, help="points to draw, e.g. 4e9 (default 1e9)")
+    pi.add_argument("--seed", type=int, help="seed for the random streams (default: random, printed)")
+    pi.add_argument("--tol", type=_positive_float, metavar="EPS",
+                    help="keep adding batches until the standard error is below EPS")
+    pi.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_cluster_options(pi)
+
+    run = sub.add_parser("run", help="run a SCOOP-style script with its futures on the workers",
+                         description="Run SCRIPT with 'from pyro_compute import futures' calls spread "
+                                     "over the workers; functions defined in the script run there.")
+    run.add_argument("script", help="the Python script to run")
+    run.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
+    _add_cluster_options(run)
+
+    config = sub.add_parser("config", help="print the effective settings",
+                            description="Print the settings read from PYRO_COMPUTE_* variables.")
+    config.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
+        argv.insert(0, "run")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return int(globals()[f"_cmd_{args.command}"](args))
+    except ComputeError as e:
+        print(f"pyro-compute: error: {e}", file=sys.stderr)
+        return 1
+
+
+@contextlib.contextmanager
+def _pool(args: argparse.Namespace, script: str | None = None) -> Iterator[Pool]:
+    """A pool on the named cluster, or on an embedded local cluster started for this run."""
+    if args.ns or (args.workers is None and os.environ.get("PYRO_COMPUTE_NS")):
+        with Pool(args.ns) as pool:
+            yield pool
+        return
+    with LocalCluster(args.workers, script=script) as cluster, Pool(cluster=cluster) as pool:
+        yield pool
+
+
+def _cmd_pi(args: argparse.Namespace) -> int:
+    seed = secrets.randbits(63) if args.seed is None else args.seed
+    with _pool(args) as pool:
+        est = estimate_pi(pool, args.samples, seed, args.tol, progress=sys.stderr.isatty())
+    if args.json:
+        print(json.dumps({**dataclasses.asdict(est), "samples_per_second": est.samples_per_second}))
+    else:
+        print(f"pi        {est.pi:.10f} ± {est.stderr:.2g} (standard error)\n"
+              f"samples   {est.samples:,}\nseed      {est.seed}\nworkers   {est.workers}\n"
+              f"time      {est.seconds:.3f} s\nspeed     {est.samples_per_second / 1e9:.3f} G samples/s")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    script = os.path.abspath(args.script)
+    if not os.path.isfile(script):
+        print(f"pyro-compute: error: no such script: {args.script}", file=sys.stderr)
+        return 2
+    saved_argv, saved_path = sys.argv, list(sys.path)
+    with _pool(args, script) as pool:
+        futures.set_default_pool(pool)
+        sys.argv = [script, *args.args]
+        sys.path.insert(0, os.path.dirname(script))
+        try:
+            runpy.run_path(script, run_name="__main__")
+        finally:
+            futures.set_default_pool(None)
+            sys.argv, sys.path[:] = saved_argv, saved_path
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    settings: dict[str, Any] = dataclasses.asdict(Settings.from_env())
+    if settings["hmac_key"]:
+        settings["hmac_key"] = "(set)"
+    if args.json:
+        print(json.dumps(settings))
+    else:
+        for key, value in settings.items():
+            print(f"PYRO_COMPUTE_{key.upper():<20} {value}")
+    return 0

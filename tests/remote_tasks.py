@@ -1,0 +1,60 @@
+"""Functions the test workers may run by reference (workers start with ``--allow-module remote_tasks``).
+
+Keep them general and module-level: pool, worker and cluster tests all call them.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+
+
+def identity(x: T) -> T:
+    """Return ``x`` unchanged; round-trips a value through the wire both ways."""
+    return x
+
+
+def add(a: Any, b: Any) -> Any:
+    """Return ``a + b``."""
+    return a + b
+
+
+def square(x: Any) -> Any:
+    """Return ``x * x``."""
+    return x * x
+
+
+def fail(msg: str) -> None:
+    """Raise ``ValueError(msg)`` on the marked line, for remote-traceback tests."""
+    raise ValueError(msg)  # REMOTE-MARKER
+
+
+def sleep_then(seconds: float, value: T) -> T:
+    """Sleep ``seconds``, then return ``value``; stands in for slow work."""
+    time.sleep(seconds)
+    return value
+
+
+def pid() -> int:
+    """The worker's process id, to tell which worker ran a task."""
+    return os.getpid()
+
+
+def type_name(x: Any) -> str:
+    """``module.qualname`` of the type of ``x`` as the worker received it."""
+    kind = type(x)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def object_array(n: int) -> np.ndarray:
+    """An object-dtype array, which the wire must refuse to send."""
+    return np.array([None] * n, dtype=object)
+
+
+def seeded_random(seed: int) -> float:
+    """A uniform number in [0, 1) drawn from numpy's generator with ``seed``; tests seed plumbing."""
+    return float(np.random.default_rng(seed).random())
