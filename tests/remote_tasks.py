@@ -33,6 +33,16 @@ def fail(msg: str) -> None:
     raise ValueError(msg)  # REMOTE-MARKER
 
 
+def fail_with_args(*args: Any) -> None:
+    """Raise ``ValueError(*args)``; args that are not plain data test how errors are reported."""
+    raise ValueError(*args)
+
+
+def call_args(*args: Any, **kwargs: Any) -> list[Any]:
+    """Return ``[list(args), kwargs]``: shows exactly how the worker called it (e.g. the seed keyword)."""
+    return [list(args), kwargs]
+
+
 def sleep_then(seconds: float, value: T) -> T:
     """Sleep ``seconds``, then return ``value``; stands in for slow work."""
     time.sleep(seconds)
