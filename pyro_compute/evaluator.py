@@ -16,11 +16,13 @@ import Pyro4
 from . import kernels
 from .errors import KernelError
 from .references import Resolver
+from .wire import is_plain, to_serpent
 
 MAX_SAMPLES = 1 << 40
 MAX_DIMS = 64
 MAX_BATCH = 1_000_000
 KERNELS = ("pi_hits", "integrate")
+MARSHAL_ID = Pyro4.util.MarshalSerializer.serializer_id
 
 
 def check_count(name: str, value: Any, maximum: int = MAX_SAMPLES, minimum: int = 0) -> int:
@@ -112,8 +114,9 @@ class Evaluator:
         """Run ``task`` once per argument tuple; ``seeds[i]`` (if given) becomes keyword ``seed``.
 
         Returns:
-            ``{"results": [...], "errors": [[index, module, type, args, traceback], ...]}``;
-            results of failed items are None.
+            ``{"results": [...], "errors": [[index, module, type, args, traceback], ...],
+            "seconds": time spent running}``; results of failed items are None. Under marshal,
+            results that marshal would mangle come serpent-encoded as bytes under "serpent".
 
         Raises:
             TypeError, KernelError: the batch itself is malformed or names a forbidden task.
@@ -128,12 +131,15 @@ class Evaluator:
         with self._run_lock:
             started = time.perf_counter()
             results, errors = _run_all(fn, args, kwargs or {}, seeds)
-            # Kernel methods record their own work; count only what they could not see.
-            if ":" in task:
-                self._record(len(args), 0, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+        # Kernel methods record their own work; count only what they could not see.
+        if ":" in task:
+            self._record(len(args), 0, seconds)
         with self._lock:
             self._errors += len(errors)
-        return {"results": results, "errors": errors}
+        if Pyro4.current_context.serializer_id == MARSHAL_ID and not is_plain(results):
+            return {"serpent": to_serpent(results), "errors": errors, "seconds": seconds}
+        return {"results": results, "errors": errors, "seconds": seconds}
 
     def info(self) -> dict[str, Any]:
         """Describe this worker: name, host, pid, cores, kernels and library versions."""

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from .config import NAME_PREFIX, Settings
 from .errors import ComputeError, RemoteError, RemoteTraceback, WorkerUnavailableError
 from .references import reference_of
-from .wire import register_wire
+from .wire import from_serpent, is_plain, register_wire
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -243,8 +243,8 @@ class Pool(concurrent.futures.Executor):
 
     def _chunk_size(self, task: str, previous: int) -> int:
         per_item = self._per_item.get(task)
-        if per_item is None:
-            return min(2 * previous, MAX_CHUNK)
+        if per_item is None:  # unknown cost: one task per call until the first measurement
+            return 1
         return max(1, min(2 * previous, MAX_CHUNK, int(TARGET_SECONDS / max(per_item, 1e-9))))
 
     def _record(self, task: str, seconds: float, items: int) -> None:
@@ -313,24 +313,37 @@ class Pool(concurrent.futures.Executor):
             self._cond.notify_all()
 
     def _dispatch(self, link: _Link) -> None:
-        """One dispatcher: its own proxy, one call at a time, until the link stops."""
-        proxy = Pyro4.Proxy(link.uri)
-        proxy._pyroHmacKey = self.settings.hmac_bytes
-        proxy._pyroTimeout = self.settings.call_timeout
+        """One dispatcher: its own proxies, one call at a time, until the link stops.
+
+        Plain-data chunks travel with marshal (C speed); anything else with serpent.
+        """
+        proxies: dict[str, Pyro4.Proxy] = {}
         try:
             while (chunk := self._next_chunk(link)) is not None:
-                lost = self._call(proxy, chunk)
+                kind = "marshal" if is_plain(chunk.args) and is_plain(chunk.kwargs) else "serpent"
+                if kind not in proxies:
+                    proxies[kind] = self._proxy(link.uri, kind)
+                lost = self._call(proxies[kind], chunk)
                 if lost is not None:
                     log.warning("worker %s lost: %s", link.name, lost)
                 self._finished(chunk, link, lost)
         finally:
-            proxy._pyroRelease()
+            for proxy in proxies.values():
+                proxy._pyroRelease()
+
+    def _proxy(self, uri: str, serializer: str) -> Pyro4.Proxy:
+        proxy = Pyro4.Proxy(uri)
+        proxy._pyroSerializer = serializer
+        proxy._pyroHmacKey = self.settings.hmac_bytes
+        proxy._pyroTimeout = self.settings.call_timeout
+        return proxy
 
     def _call(self, proxy: Pyro4.Proxy, chunk: _Chunk) -> BaseException | None:
         """Run one chunk; return the communication error if the worker was lost."""
-        started = time.perf_counter()
         try:
             reply = proxy.batch(chunk.task, chunk.args, chunk.kwargs, chunk.seeds)
+            if "serpent" in reply:
+                reply["results"] = from_serpent(reply["serpent"])
         except (Pyro4.errors.SerializeError, Pyro4.errors.MessageTooLargeError) as e:
             chunk.future.set_exception(e)
         except Pyro4.errors.CommunicationError as e:
@@ -338,7 +351,7 @@ class Pool(concurrent.futures.Executor):
         except Exception as e:  # the Evaluator rejected the whole call: the caller's error
             chunk.future.set_exception(_with_remote_cause(e))
         else:
-            self._record(chunk.task, time.perf_counter() - started, len(chunk.args))
+            self._record(chunk.task, reply["seconds"], len(chunk.args))
             chunk.resolve(reply["results"], reply["errors"])
         return None
 

@@ -6,10 +6,12 @@ from typing import Any
 
 import numpy as np
 import serpent
-from Pyro4.util import SerializerBase
+from Pyro4.util import SerializerBase, SerpentSerializer
 
 from .errors import register_errors
 
+_PLAIN_SCALARS = frozenset({int, float, str, bool, type(None), complex})
+_PLAIN_CONTAINERS = frozenset({list, tuple})
 _ARRAY = "numpy.ndarray"
 _SCALAR = "numpy.generic"
 _SAFE_KINDS = "biufc"  # bool, int, uint, float, complex: no object arrays, ever
@@ -45,6 +47,33 @@ def _check_dtype(dtype: np.dtype[Any]) -> None:
     if dtype.kind not in _SAFE_KINDS:
         raise TypeError(f"numpy dtype {dtype} cannot cross the wire; use a bool, integer, "
                         "float or complex dtype")
+
+
+def is_plain(obj: Any, depth: int = 8) -> bool:
+    """True if ``obj`` holds only builtin scalars in lists, tuples and str-keyed dicts.
+
+    Only such data may travel with marshal: it would silently turn a numpy scalar into bytes.
+    """
+    kind = type(obj)
+    if kind in _PLAIN_SCALARS:
+        return True
+    if depth == 0:
+        return False
+    if kind in _PLAIN_CONTAINERS:
+        return all(type(x) in _PLAIN_SCALARS or is_plain(x, depth - 1) for x in obj)
+    if kind is dict:
+        return all(type(k) is str and is_plain(v, depth - 1) for k, v in obj.items())
+    return False
+
+
+def to_serpent(obj: Any) -> bytes:
+    """Serialize ``obj`` with Pyro4's serpent serializer and our hooks."""
+    return SerpentSerializer().dumps(obj)  # type: ignore[no-any-return]
+
+
+def from_serpent(data: bytes) -> Any:
+    """Inverse of ``to_serpent``."""
+    return SerpentSerializer().loads(data)
 
 
 @functools.cache

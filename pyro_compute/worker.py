@@ -24,9 +24,13 @@ log = logging.getLogger(__name__)
 
 
 def configure_pyro(settings: Settings) -> None:
-    """Set Pyro4's process-wide options for a server: serpent only, bounded messages."""
+    """Set Pyro4's process-wide options for a server: safe serializers only, bounded messages.
+
+    marshal is accepted beside serpent because pools send plain-data batches with it (much
+    faster); pickle, dill and cloudpickle are refused.
+    """
     Pyro4.config.SERIALIZER = "serpent"
-    Pyro4.config.SERIALIZERS_ACCEPTED = {"serpent"}
+    Pyro4.config.SERIALIZERS_ACCEPTED = {"serpent", "marshal"}
     Pyro4.config.MAX_MESSAGE_SIZE = settings.max_message_size
     Pyro4.config.POLLTIMEOUT = 0.2
     Pyro4.config.SOCK_NODELAY = True
