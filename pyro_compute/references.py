@@ -8,6 +8,7 @@ import math
 import operator
 import os
 import sys
+import threading
 import types
 from typing import Any, Callable, Iterable
 
@@ -62,6 +63,7 @@ class Resolver:
         self.script = os.path.abspath(script) if script else None
         self._stdlib = _safe_stdlib()
         self._cache: dict[str, Callable[..., Any]] = {}
+        self._lock = threading.Lock()  # a script half-loaded by one thread must not serve another
 
     def resolve(self, ref: str) -> Callable[..., Any]:
         """Return the callable named by ``ref``.
@@ -71,7 +73,9 @@ class Resolver:
         """
         fn = self._cache.get(ref)
         if fn is None:
-            fn = self._cache[ref] = self._lookup(ref)
+            with self._lock:
+                fn = self._cache.get(ref) or self._lookup(ref)
+                self._cache[ref] = fn
         return fn
 
     def _lookup(self, ref: str) -> Callable[..., Any]:

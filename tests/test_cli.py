@@ -1,0 +1,102 @@
+"""The pyro-compute command line, called in-process and as the launcher subprocess."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pyro_compute.cli import main
+from pyro_compute.cluster import LocalCluster
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict:
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_pi_on_an_existing_cluster_prints_every_field(cluster: LocalCluster, capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYRO_COMPUTE_HMAC_KEY", cluster.settings.hmac_key)
+    out = run_json(["pi", "--samples", "1e8", "--seed", "5", "--ns", cluster.ns, "--json"], capsys)
+    assert set(out) >= {"pi", "stderr", "samples", "workers", "seconds", "samples_per_second", "seed"}
+    assert out["samples"] == 10**8 and out["workers"] == 2 and out["seed"] == 5
+    assert abs(out["pi"] - 3.141592653589793) < 5 * out["stderr"]
+
+
+def test_pi_same_seed_same_answer_on_embedded_cluster(cluster: LocalCluster, capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYRO_COMPUTE_HMAC_KEY", cluster.settings.hmac_key)
+    shared = run_json(["pi", "--samples", "1e8", "--seed", "9", "--ns", cluster.ns, "--json"], capsys)
+    monkeypatch.delenv("PYRO_COMPUTE_HMAC_KEY")
+    alone = run_json(["pi", "--samples", "1e8", "--seed", "9", "--workers", "1", "--json"], capsys)
+    assert alone["workers"] == 1
+    assert alone["pi"] == shared["pi"] and alone["stderr"] == shared["stderr"]
+
+
+def test_pi_tol_keeps_going_until_the_error_is_small(cluster: LocalCluster, capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYRO_COMPUTE_HMAC_KEY", cluster.settings.hmac_key)
+    out = run_json(["pi", "--samples", "1e6", "--tol", "1e-4", "--seed", "1", "--ns", cluster.ns, "--json"], capsys)
+    assert out["stderr"] < 1e-4
+    assert out["samples"] > 10**8  # needs ~1.7e8 samples for that error
+
+
+def test_pi_text_output(cluster: LocalCluster, capsys: pytest.CaptureFixture[str],
+                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYRO_COMPUTE_HMAC_KEY", cluster.settings.hmac_key)
+    assert main(["pi", "--samples", "1e6", "--ns", cluster.ns]) == 0
+    out = capsys.readouterr().out
+    for label in ("pi", "samples", "seed", "workers", "time", "speed"):
+        assert f"\n{label} " in "\n" + out
+
+
+@pytest.mark.parametrize("bad", [["pi", "--samples", "-5"], ["pi", "--samples", "abc"],
+                                 ["pi", "--samples", "1.5"], ["pi", "--tol", "0"],
+                                 ["pi", "--ns", "x:1", "--workers", "2"]])
+def test_bad_arguments_exit_with_a_message(bad: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(bad)
+    assert info.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_unusable_name_server_address_is_an_error_not_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["pi", "--ns", "nonsense"]) == 1
+    assert "HOST:PORT" in capsys.readouterr().err
+
+
+def test_config_prints_settings_without_the_secret(capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYRO_COMPUTE_HMAC_KEY", "hush")
+    out = run_json(["config", "--json"], capsys)
+    assert out["hmac_key"] == "(set)" and out["ns"] == "127.0.0.1:9090"
+
+
+@pytest.mark.parametrize("script,expected", [
+    ("scoop_pi.py", ["number of workers 3000 - number of attempts 3000", "value of pi = 3.1"]),
+    ("scoop_mapreduce.py", ["executed in", "with result:332833500", "with result: 332833500"]),
+])
+def test_launcher_runs_the_cookbook_scripts(script: str, expected: list[str]) -> None:
+    proc = subprocess.run([sys.executable, "-m", "pyro_compute", "-n", "2", str(ROOT / "clients" / script)],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    for text in expected:
+        assert text in proc.stdout
+
+
+def test_launcher_passes_arguments_and_reports_a_missing_script(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    script = tmp_path / "args.py"
+    script.write_text("import sys\nfrom pyro_compute import futures\n"
+                      "def twice(x):\n    return 2 * x\n"
+                      "if __name__ == '__main__':\n"
+                      "    print(sys.argv[1:], list(futures.map(twice, [1, 2])))\n")
+    assert main(["-n", "1", str(script), "a", "--b"]) == 0
+    assert "['a', '--b'] [2, 4]" in capsys.readouterr().out
+    assert main([str(tmp_path / "missing.py")]) == 2
+    assert "no such script" in capsys.readouterr().err
