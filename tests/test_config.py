@@ -101,7 +101,7 @@ def test_as_env_names_every_field() -> None:
     assert all(isinstance(v, str) for v in env.values())
 
 
-env_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=20)
+env_text = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=20)
 
 
 @given(st.builds(

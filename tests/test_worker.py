@@ -184,10 +184,11 @@ def test_worker_with_an_unknown_setting_exits_with_an_error() -> None:
 
 # -- calls through the name server (session cluster) ---------------------------------------------
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def worker_names(cluster: LocalCluster) -> list[str]:
+    """The names of the workers registered now (other test modules may add some to the cluster)."""
     names = sorted(cluster.registered())
-    assert len(names) == 2
+    assert names, "the session cluster has no registered worker"
     return names
 
 
@@ -210,7 +211,7 @@ def test_every_worker_gives_the_same_answer(cluster: LocalCluster, worker_names:
     for name in worker_names:
         with proxy(cluster.registered()[name], cluster.settings.hmac_bytes) as p:
             answers.append((p.pi_hits(100_000, 5), p.integrate("ball", 10_000, 5, -1, 1, 3)))
-    assert answers[0] == answers[1]
+    assert len(answers) >= 2 and all(a == answers[0] for a in answers)
     lower, upper = np.full(3, -1.0), np.full(3, 1.0)
     n, total, total_sq = kernels.integrate(kernels.INTEGRANDS.index("ball"), 10_000, np.uint64(5), lower, upper)
     assert answers[0][1] == {"n": n, "sum": total, "sumsq": total_sq}
