@@ -60,13 +60,14 @@ def _bounds(name: str, value: Any, dims: int) -> np.ndarray:
 class Evaluator:
     """Runs Monte Carlo kernels and allowed functions for remote callers; never dies of bad input."""
 
-    def __init__(self, resolver: Resolver | None = None, name: str = "") -> None:
+    def __init__(self, resolver: Resolver | None = None, name: str = "",
+                 run_lock: threading.Lock | None = None) -> None:
         self.name = name
         self._resolver = resolver or Resolver()
         self._lock = threading.Lock()
         # One batch at a time: a worker is one core's worth of work; a pool's second call
         # in flight waits here instead of competing with the first.
-        self._run_lock = threading.Lock()
+        self._run_lock = run_lock or threading.Lock()
         self._started = time.time()
         self._tasks = self._samples = self._errors = 0
         self._busy = 0.0

@@ -36,7 +36,9 @@ def _splitmix64(state: int) -> tuple[int, int]:
 def _seed_lanes(seed: int) -> tuple[np.ndarray, np.ndarray]:
     s0 = np.empty(LANES, np.uint64)
     s1 = np.empty(LANES, np.uint64)
-    state = uint64(seed)
+    # Hash the seed before walking the splitmix64 sequence from it: seeds that differ by a
+    # multiple of the sequence's increment would otherwise share most lane streams.
+    _, state = _splitmix64(uint64(seed))
     for lane in range(LANES):
         state, s0[lane] = _splitmix64(state)
         state, s1[lane] = _splitmix64(state)

@@ -53,7 +53,8 @@ class Worker:
         self.name = NAME_PREFIX + (name or f"{socket.gethostname()}.{os.getpid()}")
         self._stop = threading.Event()
         resolver = Resolver(settings.allowed_modules, script)
-        self.evaluator = Evaluator(resolver, self.name)
+        self._busy = threading.Lock()
+        self.evaluator = Evaluator(resolver, self.name, self._busy)
         kernels.warm_up()
         self.daemon = Pyro4.Daemon(host=settings.host, port=port)
         self.daemon._pyroHmacKey = settings.hmac_bytes
@@ -74,12 +75,20 @@ class Worker:
             self._stop.set()
             self._registrar.join(timeout=5)
             self._unregister()
+            self._drain(min(self.settings.call_timeout, 30.0))
             self.daemon.close()
             log.info("worker %s stopped", self.name)
 
     def stop(self) -> None:
         """Ask the request loop to finish; safe from a signal handler and to call twice."""
         self._stop.set()
+
+    def _drain(self, timeout: float) -> None:
+        """Let a running batch finish so its pool gets the result instead of retrying it."""
+        if self._busy.acquire(timeout=timeout):
+            self._busy.release()
+        else:
+            log.warning("worker %s stops with a batch still running; its pool will retry it", self.name)
 
     def _register(self) -> bool:
         try:
@@ -94,16 +103,22 @@ class Worker:
     def _keep_registered(self) -> None:
         """Check the registration now and then; register again after a name server restart."""
         while not self._stop.wait(self.settings.discovery_interval):
-            try:
-                with locate_ns(self.settings) as ns:
-                    if str(ns.lookup(self.name)) == str(self.uri):
-                        continue
-            except Pyro4.errors.NamingError:
-                pass  # reachable but our name is gone: register again below
-            except Pyro4.errors.PyroError:
-                continue  # name server down; try again next round
-            if self._register():
+            if self._registered() is False and self._register():
                 log.info("registered %s again", self.name)
+
+    def _registered(self) -> bool | None:
+        """Whether the name server maps our name to our URI; None when it cannot be reached."""
+        try:
+            ns = locate_ns(self.settings)
+        except Pyro4.errors.PyroError:
+            return None
+        with ns:
+            try:
+                return str(ns.lookup(self.name)) == str(self.uri)
+            except Pyro4.errors.NamingError:
+                return False
+            except Pyro4.errors.PyroError:
+                return None
 
     def _unregister(self) -> None:
         try:
