@@ -68,3 +68,14 @@ def object_array(n: int) -> np.ndarray:
 def seeded_random(seed: int) -> float:
     """A uniform number in [0, 1) drawn from numpy's generator with ``seed``; tests seed plumbing."""
     return float(np.random.default_rng(seed).random())
+
+
+def slow_pid(seconds: float) -> int:
+    """Sleep ``seconds``, then return the worker's process id."""
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def crash(code: int = 3) -> None:
+    """Kill the worker process at once, as a segfault would."""
+    os._exit(code)
