@@ -11,7 +11,7 @@ from typing import Any
 
 from llvmlite import binding
 
-from .harness import Report, log, table
+from .harness import OtherLoad, Report, log, table
 from .suite import BENCHMARKS
 
 
@@ -44,7 +44,10 @@ def run(names: list[str], repeat: int) -> Report:
     report = Report()
     for name in names:
         log(f"running {BENCHMARKS[name].__doc__}")
-        report.extend(BENCHMARKS[name](repeat))
+        with OtherLoad() as load:
+            report.extend(BENCHMARKS[name](repeat))
+        report.notes.append(f"{name}: other processes kept {load.cores:.2f} of {os.cpu_count()} "
+                            "cores busy meanwhile")
     return report
 
 

@@ -1,6 +1,7 @@
 """Benchmark plumbing: side-by-side medians, result rows with targets, and the printed table."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import statistics
@@ -8,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import psutil
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 Case = Callable[[], Sequence[float]]
@@ -47,6 +50,41 @@ def percentiles_us(latencies: Sequence[float]) -> tuple[float, float]:
     """p50 and p99 of ``latencies`` (seconds), in microseconds."""
     cuts = statistics.quantiles(latencies, n=100, method="inclusive")
     return cuts[49] * 1e6, cuts[98] * 1e6
+
+
+def _machine_busy_seconds() -> float:
+    """CPU seconds every core has spent busy since boot."""
+    t = psutil.cpu_times()
+    return float(t.user + t.nice + t.system + t.irq + t.softirq + t.steal)
+
+
+def _own_busy_seconds() -> float:
+    """CPU seconds of this process and its descendants, live or already reaped."""
+    me = psutil.Process()
+    t = me.cpu_times()
+    total = t.user + t.system + t.children_user + t.children_system
+    for child in me.children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # it may exit between listing and asking
+            c = child.cpu_times()
+            total += c.user + c.system
+    return float(total)
+
+
+class OtherLoad:
+    """Context manager measuring how many cores other processes kept busy while it was open.
+
+    On a shared machine this says how far to trust the figures measured inside it.
+    """
+
+    def __enter__(self) -> OtherLoad:
+        self.cores = 0.0
+        self._start = (time.perf_counter(), _machine_busy_seconds(), _own_busy_seconds())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall, busy, own = self._start
+        others = (_machine_busy_seconds() - busy) - (_own_busy_seconds() - own)
+        self.cores = max(0.0, others) / max(time.perf_counter() - wall, 1e-9)
 
 
 def worker_env() -> dict[str, str]:
