@@ -288,7 +288,8 @@ class Pool(concurrent.futures.Executor):
                     return None
                 if self._pending:
                     chunk = self._pending.popleft()
-                    if chunk.future.set_running_or_notify_cancel():
+                    # A chunk handed back by a lost worker is running already.
+                    if chunk.future.running() or chunk.future.set_running_or_notify_cancel():
                         self._busy += 1
                         return chunk
                     self._cond.notify_all()  # a cancelled chunk may have been the last one
@@ -414,7 +415,7 @@ class Pool(concurrent.futures.Executor):
                 f"{self.settings.ns}'")
             while self._pending:
                 chunk = self._pending.popleft()
-                if chunk.future.set_running_or_notify_cancel():
+                if chunk.future.running() or chunk.future.set_running_or_notify_cancel():
                     chunk.future.set_exception(error)
             self._cond.notify_all()
 
