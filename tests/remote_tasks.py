@@ -5,6 +5,7 @@ Keep them general and module-level: pool, worker and cluster tests all call them
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any, TypeVar
 
@@ -79,3 +80,8 @@ def slow_pid(seconds: float) -> int:
 def crash(code: int = 3) -> None:
     """Kill the worker process at once, as a segfault would."""
     os._exit(code)
+
+
+def loaded(name: str) -> bool:
+    """True if module ``name`` has been imported in the worker; shows imports as side effects."""
+    return name in sys.modules
