@@ -430,7 +430,9 @@ class _Feeder(threading.Thread):
         self.chunksize, self.seed, self.key, self.ordered = chunksize, seed, key, ordered
         self.slots = threading.Semaphore(max(8, CHUNKS_PER_SLOT * SLOTS * len(pool.workers)))
         self.out: queue.SimpleQueue[_Chunk | None] = queue.SimpleQueue()
-        self.submitted: list[_Chunk] = []
+        self.live: set[_Chunk] = set()  # submitted, not yet consumed: what stop() cancels
+        self.live_lock = threading.Lock()
+        self.submitted = 0
         self.error: BaseException | None = None
         self.done = False
         self.stopped = False
@@ -453,7 +455,9 @@ class _Feeder(threading.Thread):
                     self.out.put(chunk)
                 else:
                     chunk.future.add_done_callback(lambda f, c=chunk: self.out.put(c))
-                self.submitted.append(chunk)
+                with self.live_lock:
+                    self.live.add(chunk)
+                self.submitted += 1
                 self.pool._enqueue([chunk])
         except BaseException as e:  # the caller's iterable raised: report it in order
             self.error = e
@@ -465,7 +469,7 @@ class _Feeder(threading.Thread):
         """Chunks in submission order (ordered) or completion order; re-raise an input error."""
         consumed = 0
         while True:
-            if self.done and consumed == len(self.submitted):
+            if self.done and consumed == self.submitted:
                 break
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
@@ -474,6 +478,8 @@ class _Feeder(threading.Thread):
                 raise concurrent.futures.TimeoutError("map timed out waiting for results") from None
             if chunk is not None:
                 consumed += 1
+                with self.live_lock:
+                    self.live.discard(chunk)
                 yield chunk
         if self.error is not None:
             raise self.error
@@ -486,8 +492,9 @@ class _Feeder(threading.Thread):
         """Stop reading input and cancel chunks no worker has started."""
         self.stopped = True
         self.slots.release()
-        for chunk in self.submitted:
-            chunk.future.cancel()
+        with self.live_lock:
+            for chunk in self.live:
+                chunk.future.cancel()
 
 
 def _child_seeds(seed: int, key: tuple[int, ...], start: int, count: int) -> list[int]:
