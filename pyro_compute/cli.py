@@ -14,12 +14,13 @@ from typing import Any, Iterator
 
 from . import futures
 from .cluster import LocalCluster
-from .config import Settings
+from .config import NAME_PREFIX, Settings
 from .errors import ComputeError
 from .montecarlo import estimate_pi
 from .pool import Pool
+from .status import cluster_status
 
-COMMANDS = ("pi", "run", "config")
+COMMANDS = ("pi", "run", "status", "config")
 
 
 def _count(text: str) -> int:
@@ -76,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("script", help="the Python script to run")
     run.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
     _add_cluster_options(run)
+
+    status = sub.add_parser("status", help="list the registered workers and what they have done",
+                            description="Show every worker registered in the name server: host, pid, "
+                                        "cores, kernels, tasks done, kernel speed, busy share, up time.")
+    status.add_argument("--ns", metavar="HOST:PORT", help="name server (default: $PYRO_COMPUTE_NS)")
+    status.add_argument("--json", action="store_true", help="print a JSON list, one object per worker")
+    status.add_argument("-v", "--verbose", action="store_true", help="log what happens")
 
     config = sub.add_parser("config", help="print the effective settings",
                             description="Print the settings read from PYRO_COMPUTE_* variables.")
@@ -138,6 +146,33 @@ def _cmd_run(args: argparse.Namespace) -> int:
             futures.set_default_pool(None)
             sys.argv, sys.path[:] = saved_argv, saved_path
     return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    rows = cluster_status(Settings.from_env(ns=args.ns))
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    header = f"{'worker':<36} {'host':<14} {'pid':>7} {'cores':>5} {'kernels':<18} {'tasks':>9} " \
+             f"{'G samples/s':>11} {'busy %':>6} {'up':>8}"
+    print(header)
+    for r in rows:
+        name = r["name"].removeprefix(NAME_PREFIX)
+        if not r["reachable"]:
+            print(f"{name:<36} unreachable: {r['error']}")
+            continue
+        print(f"{name:<36} {r['host']:<14} {r['pid']:>7} {r['cores']:>5} {','.join(r['kernels']):<18} "
+              f"{r['tasks']:>9} {r['samples_per_second'] / 1e9:>11.2f} {r['busy_percent']:>6.1f} "
+              f"{_duration(r['uptime']):>8}")
+    if not rows:
+        print("(no workers registered)")
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
 def _cmd_config(args: argparse.Namespace) -> int:

@@ -6,10 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import Pyro4
 import pytest
 
 from pyro_compute.cli import main
-from pyro_compute.cluster import LocalCluster
+from pyro_compute.cluster import LocalCluster, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,3 +101,31 @@ def test_launcher_passes_arguments_and_reports_a_missing_script(tmp_path: Path,
     assert "['a', '--b'] [2, 4]" in capsys.readouterr().out
     assert main([str(tmp_path / "missing.py")]) == 2
     assert "no such script" in capsys.readouterr().err
+
+
+@pytest.fixture
+def ghost(cluster: LocalCluster) -> str:
+    """A registration whose worker is gone: a URI on a port nobody listens on."""
+    host, port = cluster.settings.ns_address
+    name = "pyro_compute.evaluator.ghost"
+    with Pyro4.locateNS(host, port, hmac_key=cluster.settings.hmac_bytes) as ns:
+        ns.register(name, f"PYRO:{name}@127.0.0.1:{free_port()}")
+    yield name
+    with Pyro4.locateNS(host, port, hmac_key=cluster.settings.hmac_bytes) as ns:
+        ns.remove(name)
+
+
+def test_status_lists_live_and_dead_workers(cluster: LocalCluster, ghost: str, capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYRO_COMPUTE_HMAC_KEY", cluster.settings.hmac_key)
+    rows = run_json(["status", "--ns", cluster.ns, "--json"], capsys)
+    by_name = {r["name"]: r for r in rows}
+    assert set(by_name) == {ghost, *cluster.registered()}
+    assert by_name[ghost]["reachable"] is False and "connect" in by_name[ghost]["error"]
+    live = [r for r in rows if r["reachable"]]
+    assert sorted(r["pid"] for r in live) == sorted(w.pid for w in cluster.workers)
+    assert all({"cores", "kernels", "tasks", "samples_per_second", "busy_percent", "uptime"} <= set(r) for r in live)
+    assert main(["status", "--ns", cluster.ns]) == 0
+    text = capsys.readouterr().out
+    assert "ghost" in text and "unreachable" in text
+    assert all(str(w.pid) in text for w in cluster.workers)
