@@ -39,6 +39,7 @@ class LocalCluster:
         allow_modules: further modules whose functions the workers may run.
         env: extra environment variables for every child.
         startup_timeout: seconds to wait until every worker is registered.
+        by_value: let workers accept cloudpickled functions (``--allow-by-value``).
 
     Raises:
         ClusterError: a child failed to start or did not register in time.
@@ -46,7 +47,8 @@ class LocalCluster:
 
     def __init__(self, n_workers: int | None = None, *, hmac_key: str | None = None,
                  script: str | None = None, allow_modules: Sequence[str] = (),
-                 env: dict[str, str] | None = None, startup_timeout: float = 60.0) -> None:
+                 env: dict[str, str] | None = None, startup_timeout: float = 60.0,
+                 by_value: bool = False) -> None:
         self.n_workers = n_workers or os.cpu_count() or 1
         if self.n_workers < 1:
             raise ClusterError(f"a cluster needs at least one worker, not {n_workers}")
@@ -56,6 +58,7 @@ class LocalCluster:
             allow_modules=",".join(allow_modules))
         self.script = os.path.abspath(script) if script else None
         self.startup_timeout = startup_timeout
+        self.by_value = by_value
         self._env = dict(env or {})
         self._logdir = tempfile.TemporaryDirectory(prefix="pyro-compute-")
         self.nameserver: subprocess.Popen[bytes] | None = None
@@ -110,6 +113,8 @@ class LocalCluster:
         cmd = [sys.executable, "-m", "pyro_compute.worker", "--ns", self.ns, "--name", name, *args]
         if self.script:
             cmd += ["--script", self.script]
+        if self.by_value:
+            cmd.append("--allow-by-value")
         env = {k: v for k, v in self.settings.as_env().items()
                if k in ("PYRO_COMPUTE_HMAC_KEY", "PYRO_COMPUTE_ALLOW_MODULES")}
         proc = self._spawn(name, cmd, env)

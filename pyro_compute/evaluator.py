@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 import numba
 import numpy as np
 import Pyro4
+import serpent
 
 from . import kernels
 from .errors import KernelError
@@ -111,8 +112,11 @@ class Evaluator:
         return {"n": int(count), "sum": float(total), "sumsq": float(total_sq)}
 
     def batch(self, task: str, args: Sequence[Sequence[Any]], kwargs: dict[str, Any] | None = None,
-              seeds: Sequence[int] | None = None) -> dict[str, Any]:
+              seeds: Sequence[int] | None = None, code: bytes | None = None) -> dict[str, Any]:
         """Run ``task`` once per argument tuple; ``seeds[i]`` (if given) becomes keyword ``seed``.
+
+        With ``code`` (a cloudpickled function, only where the worker allows it) that function
+        runs instead and ``task`` is just its label.
 
         Returns:
             ``{"results": [...], "errors": [[index, module, type, args, traceback], ...],
@@ -122,7 +126,7 @@ class Evaluator:
         Raises:
             TypeError, KernelError: the batch itself is malformed or names a forbidden task.
         """
-        fn = self._task(task)
+        fn = self._task(task) if code is None else self._resolver.load(_bytes(code))
         if not isinstance(args, (list, tuple)) or len(args) > MAX_BATCH:
             raise TypeError(f"args must be a list of at most {MAX_BATCH} argument lists")
         if kwargs is not None and not (isinstance(kwargs, dict) and all(isinstance(k, str) for k in kwargs)):
@@ -134,7 +138,7 @@ class Evaluator:
             results, errors = _run_all(fn, args, kwargs or {}, seeds)
             seconds = time.perf_counter() - started
         # Kernel methods record their own work; count only what they could not see.
-        if ":" in task:
+        if ":" in task or code is not None:
             self._record(len(args), 0, seconds)
         with self._lock:
             self._errors += len(errors)
@@ -147,7 +151,7 @@ class Evaluator:
         return {"name": self.name, "host": socket.gethostname(), "pid": os.getpid(),
                 "cores": os.cpu_count() or 1, "kernels": list(KERNELS),
                 "integrands": list(kernels.INTEGRANDS), "modules": list(self._resolver.modules),
-                "script": self._resolver.script, "python": platform.python_version(),
+                "script": self._resolver.script, "by_value": self._resolver.by_value, "python": platform.python_version(),
                 "pyro4": Pyro4.__version__, "numpy": np.__version__, "numba": numba.__version__}
 
     def stats(self) -> dict[str, Any]:
@@ -191,6 +195,15 @@ def _run_all(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]
             errors.append([i, kind.__module__, kind.__qualname__, _plain_args(e),
                            "".join(traceback.format_exception(e))])
     return results, errors
+
+
+def _bytes(data: Any) -> bytes:
+    """Bytes as sent: serpent wraps them in a base64 dict, marshal does not."""
+    if isinstance(data, dict):
+        data = serpent.tobytes(data)
+    if not isinstance(data, bytes):
+        raise TypeError(f"code must be bytes, not {type(data).__name__}")
+    return data
 
 
 def _plain_args(e: BaseException) -> list[Any]:

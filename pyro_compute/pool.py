@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from .config import NAME_PREFIX, Settings
 from .errors import ComputeError, RemoteError, RemoteTraceback, WorkerUnavailableError
-from .references import reference_of
+from .references import by_value_needed, reference_of
 from .wire import from_serpent, is_plain, register_wire
 
 log = logging.getLogger(__name__)
@@ -50,11 +50,11 @@ CHUNKS_PER_SLOT = 4    # chunks in flight per dispatcher for streaming map calls
 class _Chunk:
     """Consecutive tasks that travel in one RMI call; ``future`` resolves once for all of them."""
 
-    __slots__ = ("task", "args", "kwargs", "seeds", "future", "single", "tried")
+    __slots__ = ("task", "code", "args", "kwargs", "seeds", "future", "single", "tried")
 
-    def __init__(self, task: str, args: list[tuple[Any, ...]], kwargs: dict[str, Any] | None,
-                 seeds: list[int] | None, single: bool) -> None:
-        self.task, self.args, self.kwargs, self.seeds = task, args, kwargs, seeds
+    def __init__(self, task: tuple[str, bytes | None], args: list[tuple[Any, ...]],
+                 kwargs: dict[str, Any] | None, seeds: list[int] | None, single: bool) -> None:
+        (self.task, self.code), self.args, self.kwargs, self.seeds = task, args, kwargs, seeds
         self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self.single = single
         self.tried: list[str] = []
@@ -130,17 +130,21 @@ class Pool(concurrent.futures.Executor):
         cluster: a LocalCluster (anything with ``.settings``) to connect to.
         settings: explicit settings; overrides the environment.
         seed: pool-level seed; each map call then draws its own child seeds from it.
+        by_value: send lambdas, nested functions and functions defined in ``__main__`` (a notebook)
+            by value with cloudpickle; workers must run with ``--allow-by-value`` and a secret.
 
     Raises:
         WorkerUnavailableError: the name server cannot be reached.
     """
 
     def __init__(self, ns: str | None = None, *, cluster: Any = None, settings: Settings | None = None,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, by_value: bool = False) -> None:
         base = settings or (cluster.settings if cluster is not None else Settings.from_env())
         self.settings = Settings.from_env({}, **{**vars(base), "ns": ns or base.ns})
         register_wire()
         self.seed = seed
+        self.by_value = by_value
+        self._code: dict[Any, bytes] = {}
         self._calls = itertools.count()
         self._cond = threading.Condition()
         self._pending: collections.deque[_Chunk] = collections.deque()
@@ -167,7 +171,7 @@ class Pool(concurrent.futures.Executor):
             RuntimeError: the pool was shut down.
             TypeError: fn cannot be sent by reference.
         """
-        chunk = _Chunk(reference_of(fn), [args], kwargs or None, None, single=True)
+        chunk = _Chunk(self._task_of(fn), [args], kwargs or None, None, single=True)
         self._enqueue([chunk])
         return chunk.future
 
@@ -234,6 +238,16 @@ class Pool(concurrent.futures.Executor):
 
     # -- scheduling -------------------------------------------------------------------------
 
+    def _task_of(self, fn: Callable[..., Any] | str) -> tuple[str, bytes | None]:
+        """How ``fn`` travels: a reference, or (by_value pools) cloudpickled bytes."""
+        if not (self.by_value and by_value_needed(fn)):
+            return reference_of(fn), None
+        code = self._code.get(fn)
+        if code is None:
+            import cloudpickle  # only by-value pools need it
+            code = self._code[fn] = cloudpickle.dumps(fn)
+        return f"by-value:{getattr(fn, '__qualname__', fn)}", code
+
     def _enqueue(self, chunks: list[_Chunk]) -> None:
         with self._cond:
             if self._shutdown:
@@ -262,7 +276,7 @@ class Pool(concurrent.futures.Executor):
             seed, key = self.seed, (next(self._calls),)
         else:
             key = ()
-        feeder = _Feeder(self, reference_of(fn), zip(*iterables), chunksize, seed, key, ordered)
+        feeder = _Feeder(self, self._task_of(fn), zip(*iterables), chunksize, seed, key, ordered)
         feeder.start()
         return feeder
 
@@ -342,7 +356,7 @@ class Pool(concurrent.futures.Executor):
     def _call(self, proxy: Pyro4.Proxy, chunk: _Chunk) -> BaseException | None:
         """Run one chunk; return the communication error if the worker was lost."""
         try:
-            reply = proxy.batch(chunk.task, chunk.args, chunk.kwargs, chunk.seeds)
+            reply = proxy.batch(chunk.task, chunk.args, chunk.kwargs, chunk.seeds, chunk.code)
             if "serpent" in reply:
                 reply["results"] = from_serpent(reply["serpent"])
         except (Pyro4.errors.SerializeError, Pyro4.errors.MessageTooLargeError) as e:
@@ -423,9 +437,9 @@ class Pool(concurrent.futures.Executor):
 class _Feeder(threading.Thread):
     """Reads one map call's input lazily into chunks, keeping a bounded number in flight."""
 
-    def __init__(self, pool: Pool, task: str, args: Iterator[tuple[Any, ...]], chunksize: int | None,
-                 seed: int | None, key: tuple[int, ...], ordered: bool) -> None:
-        super().__init__(name=f"feeder-{task}", daemon=True)
+    def __init__(self, pool: Pool, task: tuple[str, bytes | None], args: Iterator[tuple[Any, ...]],
+                 chunksize: int | None, seed: int | None, key: tuple[int, ...], ordered: bool) -> None:
+        super().__init__(name=f"feeder-{task[0]}", daemon=True)
         self.pool, self.task, self.args = pool, task, args
         self.chunksize, self.seed, self.key, self.ordered = chunksize, seed, key, ordered
         self.slots = threading.Semaphore(max(8, CHUNKS_PER_SLOT * SLOTS * len(pool.workers)))
@@ -441,7 +455,7 @@ class _Feeder(threading.Thread):
         index, size = 0, 1
         try:
             while not self.stopped:
-                size = self.chunksize or self.pool._chunk_size(self.task, size)
+                size = self.chunksize or self.pool._chunk_size(self.task[0], size)
                 args = list(itertools.islice(self.args, size))
                 if not args:
                     break

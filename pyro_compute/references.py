@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import builtins
+import hashlib
 import importlib
 import importlib.util
 import math
@@ -23,6 +24,13 @@ _SAFE_BUILTINS = {"abs", "all", "any", "bool", "complex", "divmod", "float", "in
                   "frozenset", "hash", "repr", "reversed", "zip", "enumerate"}
 
 
+def by_value_needed(fn: Callable[..., Any] | str) -> bool:
+    """True for functions no worker can import by name: lambdas, nested and interactive ones."""
+    if isinstance(fn, str):
+        return False
+    return "<" in getattr(fn, "__qualname__", "<") or getattr(fn, "__module__", None) == MAIN
+
+
 def reference_of(fn: Callable[..., Any] | str) -> str:
     """Name a task for the wire: a kernel name as given, a function as ``module:qualname``.
 
@@ -37,7 +45,9 @@ def reference_of(fn: Callable[..., Any] | str) -> str:
         raise TypeError(f"a task must be a kernel name or a module-level function, not {fn!r}")
     if "<" in qualname:
         raise TypeError(f"{qualname} cannot be sent by reference: workers import functions by "
-                        "module and name, so define it at the top level of a module or script")
+                        "module and name, so define it at the top level of a module or script, "
+                        "or send it by value with Pool(by_value=True) (workers then need "
+                        "--allow-by-value and an HMAC secret)")
     if module == "builtins" and qualname in _SAFE_BUILTINS:
         return f"builtins:{qualname}"
     return f"{module}:{qualname}"
@@ -58,9 +68,11 @@ class Resolver:
     ``pyro_compute.tasks``, and public functions of ``operator``, ``math`` and a few builtins.
     """
 
-    def __init__(self, modules: Iterable[str] = (), script: str | None = None) -> None:
+    def __init__(self, modules: Iterable[str] = (), script: str | None = None,
+                 by_value: bool = False) -> None:
         self.modules = tuple(dict.fromkeys((*PROJECT_MODULES, *modules)))
         self.script = os.path.abspath(script) if script else None
+        self.by_value = by_value
         self._stdlib = _safe_stdlib()
         self._cache: dict[str, Callable[..., Any]] = {}
         self._lock = threading.Lock()  # a script half-loaded by one thread must not serve another
@@ -76,6 +88,25 @@ class Resolver:
             with self._lock:
                 fn = self._cache.get(ref) or self._lookup(ref)
                 self._cache[ref] = fn
+        return fn
+
+    def load(self, code: bytes) -> Callable[..., Any]:
+        """Unpickle a function sent by value (cloudpickle), if this worker opted in.
+
+        Raises:
+            KernelError: the worker was not started with --allow-by-value, or the bytes are no function.
+        """
+        if not self.by_value:
+            raise KernelError("this worker does not accept functions by value; start it with "
+                              "--allow-by-value and an HMAC secret, or send a module-level function")
+        key = "by-value:" + hashlib.sha256(code).hexdigest()
+        fn = self._cache.get(key)
+        if fn is None:
+            import cloudpickle  # only workers that opted in need it
+            fn = cloudpickle.loads(code)
+            if not callable(fn):
+                raise KernelError(f"the value sent is a {type(fn).__name__}, not a function")
+            self._cache[key] = fn
         return fn
 
     def _lookup(self, ref: str) -> Callable[..., Any]:

@@ -16,6 +16,7 @@ import Pyro4.naming
 
 from . import __version__, kernels
 from .config import NAME_PREFIX, Settings
+from .errors import ComputeError, ConfigError
 from .evaluator import KERNELS, Evaluator
 from .references import Resolver
 from .wire import register_wire
@@ -48,11 +49,14 @@ class Worker:
     """One Pyro4 daemon hosting one Evaluator, registered in the name server while it serves."""
 
     def __init__(self, settings: Settings, name: str | None = None, port: int = 0,
-                 script: str | None = None) -> None:
+                 script: str | None = None, by_value: bool = False) -> None:
         self.settings = settings
         self.name = NAME_PREFIX + (name or f"{socket.gethostname()}.{os.getpid()}")
         self._stop = threading.Event()
-        resolver = Resolver(settings.allowed_modules, script)
+        if by_value and settings.hmac_bytes is None:
+            raise ConfigError("--allow-by-value runs code that callers send, so it needs a shared "
+                              "secret: set PYRO_COMPUTE_HMAC_KEY or PYRO_COMPUTE_HMAC_KEY_FILE")
+        resolver = Resolver(settings.allowed_modules, script, by_value)
         self._busy = threading.Lock()
         self.evaluator = Evaluator(resolver, self.name, self._busy)
         kernels.warm_up()
@@ -144,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--script", help="a script whose functions callers may run (as __main__)")
     p.add_argument("--allow-module", action="append", default=[], metavar="MODULE",
                    help="a module whose functions callers may run; repeat for more")
+    p.add_argument("--allow-by-value", action="store_true",
+                   help="accept cloudpickled functions from authenticated callers (needs a secret)")
     p.add_argument("--hmac-key-file", help="file holding the shared secret")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log debug messages")
     return p
@@ -155,10 +161,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     modules = ",".join(filter(None, [os.environ.get("PYRO_COMPUTE_ALLOW_MODULES", ""), *args.allow_module]))
-    settings = Settings.from_env(ns=args.ns, host=args.host, hmac_key_file=args.hmac_key_file,
-                                 allow_modules=modules or None)
-    configure_pyro(settings)
-    worker = Worker(settings, name=args.name, port=args.port, script=args.script)
+    try:
+        settings = Settings.from_env(ns=args.ns, host=args.host, hmac_key_file=args.hmac_key_file,
+                                     allow_modules=modules or None)
+        configure_pyro(settings)
+        worker = Worker(settings, name=args.name, port=args.port, script=args.script,
+                        by_value=args.allow_by_value)
+    except (ComputeError, OSError) as e:
+        print(f"compute-worker: error: {e}", file=sys.stderr)
+        return 2
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker.stop())
     print(f"ready {worker.name} {worker.uri}", flush=True)

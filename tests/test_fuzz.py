@@ -1,0 +1,365 @@
+"""Fuzzing a real worker through a real Pyro4 proxy and a raw socket: it answers and lives.
+
+Every call made here must come back with a value or with an error the worker sent; none may
+hang, close the connection on a well-formed call, or kill the worker. Hypothesis runs a fixed
+set of examples (``derandomize``) so that CI is repeatable; run with ``FUZZ_EXAMPLES=5000
+FUZZ_RANDOM=1`` to search further.
+"""
+from __future__ import annotations
+
+import math
+import os
+import socket
+import struct
+from typing import Any, Iterator
+
+import numpy as np
+import Pyro4
+import Pyro4.errors
+import Pyro4.message
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import raw_pyro
+from pyro_compute import kernels
+from pyro_compute.cluster import LocalCluster
+from pyro_compute.wire import from_serpent, register_wire
+
+CALL_TIMEOUT = 30.0
+FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "150")), deadline=None, database=None,
+                derandomize=not os.environ.get("FUZZ_RANDOM"),
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                       HealthCheck.filter_too_much])
+
+
+class Target:
+    """One worker of the session cluster, with what it looked like before the fuzzing."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        registered = cluster.registered()
+        self.cluster = cluster
+        self.name = sorted(registered)[0]
+        self.uri = registered[self.name]
+        self.object_id = Pyro4.URI(self.uri).object
+        self.key = cluster.settings.hmac_bytes
+        with self.proxy() as p:
+            self.pid = p.info()["pid"]
+            self.hits = p.pi_hits(1000, 1)
+        self.all_pids = self.live_pids()
+
+    def proxy(self, serializer: str = "serpent") -> Any:
+        p = Pyro4.Proxy(self.uri)
+        p._pyroHmacKey = self.key
+        p._pyroSerializer = serializer
+        p._pyroTimeout = CALL_TIMEOUT
+        return p
+
+    def live_pids(self) -> set[int]:
+        return {p.pid for p in self.cluster.workers if p.poll() is None}
+
+    def assert_unharmed(self) -> None:
+        """Same process, same answer, and no worker of the cluster died."""
+        with self.proxy() as p:
+            info = p.info()
+            assert (info["pid"], info["name"]) == (self.pid, self.name)
+            assert p.pi_hits(1000, 1) == self.hits == kernels.pi_hits(1000, 1)
+        assert self.live_pids() >= self.all_pids, "a worker died"
+        assert self.cluster.registered()[self.name] == self.uri
+
+
+@pytest.fixture(scope="module")
+def target(cluster: LocalCluster) -> Iterator[Target]:
+    register_wire()
+    t = Target(cluster)
+    yield t
+    t.assert_unharmed()
+
+
+def answered(call: Any) -> Any:
+    """Run ``call``; return its value or the exception the worker sent back.
+
+    Fails the test when the call did not get an answer: a timeout, a closed connection or any
+    other transport error. A SerializeError counts as an answer only when it carries the
+    worker's traceback, i.e. the worker itself reported it.
+    """
+    try:
+        return call()
+    except Pyro4.errors.CommunicationError as e:
+        if isinstance(e, Pyro4.errors.SerializeError) and getattr(e, "_pyroTraceback", None):
+            return e
+        raise AssertionError(f"the worker did not answer: {type(e).__name__}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - any error the worker sent is an answer
+        return e
+
+
+def results(reply: dict[str, Any]) -> list[Any]:
+    """A batch reply's results; under marshal, results marshal would mangle come serpent-encoded."""
+    return from_serpent(reply["serpent"]) if "serpent" in reply else reply["results"]  # type: ignore[no-any-return]
+
+
+# -- strategies --------------------------------------------------------------------------------
+
+# Numbers above 10**5 only in sizes the Evaluator refuses, so no example runs for minutes.
+HUGE = st.sampled_from([2**40 + 1, 2**63 - 1, 2**63, 2**64 - 1, 2**64, 2**200, -2**200, 10**300, -1])
+INTS = st.integers(-2**70, 10**5) | HUGE
+NUMPY_SCALARS = st.one_of(
+    st.builds(np.int64, st.integers(-2**63, 10**5)), st.builds(np.uint64, st.sampled_from([0, 7, 2**64 - 1])),
+    st.builds(np.int8, st.integers(-128, 127)), st.builds(np.float64, st.floats()),
+    st.builds(np.float32, st.floats(width=32)), st.builds(np.bool_, st.booleans()),
+    st.builds(np.complex128, st.complex_numbers()))
+NUMPY_ARRAYS = hnp.arrays(st.sampled_from([np.float64, np.float32, np.int64, np.int32, np.uint8, np.bool_,
+                                           np.complex128, np.dtype(">f8")]),
+                          hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4))
+LEAVES = (st.none() | st.booleans() | INTS | st.floats() | st.text(max_size=30) | st.binary(max_size=30)
+          | st.complex_numbers() | NUMPY_SCALARS | NUMPY_ARRAYS)
+KEYS = st.text(max_size=8) | st.integers(-5, 5) | st.sampled_from(["seed", "samples", "dims", "lower", "upper"])
+VALUES = st.recursive(
+    LEAVES,
+    lambda kids: (st.lists(kids, max_size=5) | st.tuples(kids, kids)
+                  | st.dictionaries(KEYS, kids, max_size=4) | st.frozensets(st.integers(), max_size=4)),
+    max_leaves=20)
+ARGS = st.lists(VALUES, max_size=6)
+KWARGS = st.dictionaries(st.sampled_from(["samples", "seed", "lower", "upper", "dims", "integrand",
+                                          "task", "args", "kwargs", "seeds"]) | st.text(max_size=10),
+                         VALUES, max_size=4)
+SERIALIZERS = st.sampled_from(["serpent", "marshal"])
+
+# Tasks whose cost stays small whatever the (bounded) arguments; never sleep_then or pow.
+TASKS = st.sampled_from([
+    "pi_hits", "integrate", "remote_tasks:identity", "remote_tasks:type_name", "remote_tasks:call_args",
+    "remote_tasks:fail_with_args", "remote_tasks:add", "operator:add", "operator:getitem",
+    "operator:truediv", "builtins:len", "builtins:sorted", "builtins:repr", "builtins:str",
+    "builtins:hash", "builtins:tuple", "builtins:dict", "builtins:abs", "math:sqrt", "math:isfinite",
+    "pyro_compute.tasks:increment", "pyro_compute.tasks:noop",
+]) | st.text(max_size=30)
+
+
+# -- calls through a proxy -----------------------------------------------------------------------
+
+def test_kernels_with_random_arguments(target: Target) -> None:
+    proxies = {s: target.proxy(s) for s in ("serpent", "marshal")}
+
+    @FUZZ
+    @given(method=st.sampled_from(["pi_hits", "integrate"]), args=ARGS, kwargs=KWARGS, serializer=SERIALIZERS)
+    def run(method: str, args: list[Any], kwargs: dict[Any, Any], serializer: str) -> None:
+        p = proxies[serializer]
+        answered(lambda: p._pyroInvoke(method, tuple(args), kwargs))
+
+    try:
+        run()
+    finally:
+        for p in proxies.values():
+            p._pyroRelease()
+    target.assert_unharmed()
+
+
+@st.composite
+def batch_calls(draw: Any) -> tuple[Any, ...]:
+    task = draw(TASKS | VALUES)
+    items = draw(st.lists(ARGS, max_size=6) | VALUES)
+    n = len(items) if isinstance(items, list) else 0
+    kwargs = draw(st.none() | KWARGS | VALUES)
+    seeds = draw(st.none() | st.lists(INTS | VALUES, min_size=n, max_size=n) | VALUES)
+    return tuple(draw(st.sampled_from([(task,), (task, items), (task, items, kwargs),
+                                        (task, items, kwargs, seeds)])))
+
+
+def test_batch_with_random_arguments(target: Target) -> None:
+    proxies = {s: target.proxy(s) for s in ("serpent", "marshal")}
+
+    @FUZZ
+    @given(call=batch_calls(), kwargs=st.none() | KWARGS, serializer=SERIALIZERS)
+    def run(call: tuple[Any, ...], kwargs: dict[Any, Any] | None, serializer: str) -> None:
+        p = proxies[serializer]
+        reply = answered(lambda: p._pyroInvoke("batch", call, kwargs or {}))
+        if isinstance(reply, dict) and not kwargs:
+            n = len(call[1]) if len(call) > 1 else 0
+            assert len(results(reply)) == n
+            assert all(isinstance(e, list) and len(e) == 5 and 0 <= e[0] < n for e in reply["errors"])
+
+    try:
+        run()
+    finally:
+        for p in proxies.values():
+            p._pyroRelease()
+    target.assert_unharmed()
+
+
+PLAIN = st.recursive(st.none() | st.booleans() | st.integers(-2**200, 2**200)
+                     | st.floats(allow_nan=False) | st.text(max_size=30),
+                     lambda kids: st.lists(kids, max_size=5) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+                     max_leaves=30)
+
+
+def test_plain_values_round_trip_exactly(target: Target) -> None:
+    """What the Pool sends (JSON-like data, huge ints included) comes back equal, both serializers."""
+    proxies = {s: target.proxy(s) for s in ("serpent", "marshal")}
+
+    @FUZZ
+    @given(values=st.lists(PLAIN, min_size=1, max_size=5), serializer=SERIALIZERS)
+    def run(values: list[Any], serializer: str) -> None:
+        reply = proxies[serializer].batch("remote_tasks:identity", [[v] for v in values])
+        assert reply["errors"] == []
+        assert results(reply) == values
+
+    try:
+        run()
+    finally:
+        for p in proxies.values():
+            p._pyroRelease()
+    target.assert_unharmed()
+
+
+SPECIAL_METHODS = st.sampled_from([
+    "__getattr__", "__setattr__", "__init__", "__class__", "__dict__", "__reduce__", "__del__",
+    "_task", "_record", "_resolver", "_lock", "_run_lock", "name", "_pyroId", "_pyroDaemon",
+    "info", "stats", "batch", "pi_hits", "integrate", "", " ", "info ", "INFO", "a.b", "__getattr__.x"])
+
+
+def test_unknown_and_private_method_names(target: Target) -> None:
+    with target.proxy() as p:
+        name_before = p.info()["name"]
+
+        @FUZZ
+        @given(method=SPECIAL_METHODS | st.text(max_size=30), args=ARGS, kwargs=KWARGS)
+        def run(method: str, args: list[Any], kwargs: dict[Any, Any]) -> None:
+            reply = answered(lambda: p._pyroInvoke(method, tuple(args), kwargs))
+            if method.startswith("_") or method not in ("info", "stats", "batch", "pi_hits", "integrate"):
+                assert isinstance(reply, Exception), f"{method!r} returned {reply!r:.200}"
+
+        run()
+        for attr, value in [("name", "hijacked"), ("_resolver", None), ("_stdlib", {})]:
+            reply = answered(lambda: p._pyroInvoke("__setattr__", (attr, value), {}))
+            assert isinstance(reply, AttributeError), reply
+        assert p.info()["name"] == name_before
+    target.assert_unharmed()
+
+
+@pytest.mark.parametrize("depth", [50, 150, 199, 200, 500, 5000])
+def test_deeply_nested_arguments(target: Target, depth: int) -> None:
+    nested: Any = 1
+    for _ in range(depth):
+        nested = [nested]
+    for serializer in ("serpent", "marshal"):
+        with target.proxy(serializer) as p:
+            reply = answered(lambda: p.batch("remote_tasks:identity", [[nested]]))
+            if isinstance(reply, dict):
+                assert reply["errors"] == [] and results(reply) == [nested]
+    target.assert_unharmed()
+
+
+# -- raw bytes on the socket ----------------------------------------------------------------------
+
+def send_and_close(target: Target, data: bytes, signed_in: bool) -> None:
+    """Send ``data`` (after a good handshake if ``signed_in``), read whatever comes back, hang up."""
+    conn = raw_pyro.connect(target.uri)
+    try:
+        if signed_in:
+            reply, _ = raw_pyro.handshake(conn, target.object_id, target.key)
+            assert reply.type == Pyro4.message.MSG_CONNECTOK
+        conn.sock.settimeout(0.5)
+        try:
+            conn.sock.sendall(data)
+            conn.sock.recv(65536)
+        except (socket.timeout, ConnectionError):
+            pass
+    finally:
+        conn.close()
+
+
+def test_random_bytes_on_the_socket(target: Target) -> None:
+    @FUZZ
+    @given(data=st.binary(min_size=1, max_size=2000) | st.builds(lambda b: b"PYRO" + b, st.binary(max_size=200)),
+           signed_in=st.booleans())
+    def run(data: bytes, signed_in: bool) -> None:
+        send_and_close(target, data, signed_in)
+
+    run()
+    target.assert_unharmed()
+
+
+def test_random_headers_on_the_socket(target: Target) -> None:
+    """Well-formed headers (right tag and checksum) with any type, flags, sizes and serializer."""
+    @FUZZ
+    @given(msg_type=st.integers(0, 0xffff) | st.sampled_from([1, 2, 3, 4, 5, 6]),
+           flags=st.integers(0, 0xffff), data_size=st.integers(-2**31, 2**31 - 1) | st.integers(0, 300),
+           serializer_id=st.integers(0, 0xffff) | st.sampled_from([1, 3]),
+           annotations_size=st.integers(0, 0xffff) | st.integers(0, 40),
+           body=st.binary(max_size=400), signed_in=st.booleans())
+    def run(msg_type: int, flags: int, data_size: int, serializer_id: int, annotations_size: int,
+            body: bytes, signed_in: bool) -> None:
+        head = raw_pyro.header(msg_type, data_size, serializer_id, annotations_size, flags, seq=1)
+        send_and_close(target, head + body, signed_in)
+
+    run()
+    target.assert_unharmed()
+
+
+def test_signed_messages_with_random_flags_and_payloads(target: Target) -> None:
+    """With the right secret: any flags, serializer and payload; the worker answers or hangs up."""
+    @FUZZ
+    @given(msg_type=st.sampled_from([Pyro4.message.MSG_INVOKE, Pyro4.message.MSG_PING, Pyro4.message.MSG_RESULT,
+                                     Pyro4.message.MSG_CONNECT]),
+           flags=st.integers(0, 0xff), serializer_id=st.sampled_from([raw_pyro.SERPENT, raw_pyro.MARSHAL]),
+           payload=st.binary(max_size=300) | st.sampled_from([b"", b"()", b"{}", b"[]", b"\x00"]),
+           mutate=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=4))
+    def run(msg_type: int, flags: int, serializer_id: int, payload: bytes, mutate: list[tuple[int, int]]) -> None:
+        if not payload:  # mutate a real call instead
+            data = bytearray(raw_pyro.call_payload(target.object_id, "info", serializer_id=serializer_id))
+            for pos, byte in mutate:
+                data[pos % len(data)] = byte
+            payload = bytes(data)
+        conn = raw_pyro.connect(target.uri)
+        try:
+            assert raw_pyro.handshake(conn, target.object_id, target.key)[0].type == Pyro4.message.MSG_CONNECTOK
+            raw_pyro.send(conn, msg_type, payload, target.key, serializer_id, seq=7, flags=flags)
+            conn.sock.settimeout(2)
+            try:
+                Pyro4.message.Message.recv(conn, hmac_key=target.key)
+            except (Pyro4.errors.CommunicationError, socket.timeout, struct.error):
+                pass  # hung up, or nothing to say (oneway flag)
+        finally:
+            conn.close()
+
+    run()
+    target.assert_unharmed()
+
+
+@pytest.mark.parametrize("case", [
+    "truncated header", "huge size", "huge size signed in", "big size then hang up", "negative size",
+    "negative size signed in", "bad checksum", "wrong version", "truncated annotations",
+    "non-ascii annotation", "bad correlation id", "unsigned ping", "zero bytes",
+])
+def test_malformed_messages(target: Target, case: str) -> None:
+    hdr = raw_pyro.header
+    connect = Pyro4.message.MSG_CONNECT
+    invoke = Pyro4.message.MSG_INVOKE
+    valid = Pyro4.message.Message(connect, raw_pyro.connect_payload(target.object_id), raw_pyro.SERPENT, 0, 0,
+                                  hmac_key=target.key).to_bytes()
+    signed_in = case.endswith("signed in")
+    data = {
+        "truncated header": valid[:10],
+        "huge size": hdr(connect, 2**31 - 1),
+        "huge size signed in": hdr(invoke, 2**31 - 1, seq=1),
+        "big size then hang up": hdr(connect, 200 * 2**20) + b"x" * 1000,
+        "negative size": hdr(connect, -2**31, annotations_size=100) + b"x" * 100,
+        "negative size signed in": hdr(invoke, -1, seq=1),
+        "bad checksum": valid[:22] + bytes([valid[22] ^ 0xff]) + valid[23:],
+        "wrong version": valid[:4] + struct.pack("!H", 47) + valid[6:],
+        "truncated annotations": hdr(connect, 0, annotations_size=5) + b"HMAC\x00",
+        "non-ascii annotation": hdr(connect, 0, annotations_size=8) + b"\xff\xfe\xfd\xfc\x00\x02ab",
+        "bad correlation id": hdr(connect, 0, annotations_size=9) + b"CORR\x00\x03abc",
+        "unsigned ping": hdr(Pyro4.message.MSG_PING, 4) + b"ping",
+        "zero bytes": b"\x00" * 4096,
+    }[case]
+    send_and_close(target, data, signed_in)
+    target.assert_unharmed()
+
+
+def test_nan_and_infinities_reach_the_worker_as_floats(target: Target) -> None:
+    with target.proxy() as p:
+        reply = p.batch("remote_tasks:identity", [[math.nan], [math.inf], [-math.inf], [-0.0]])
+    nan, inf, ninf, zero = reply["results"]
+    assert math.isnan(nan) and inf == math.inf and ninf == -math.inf and math.copysign(1, zero) == -1
