@@ -1,6 +1,7 @@
 """LocalCluster: a name server and N compute-worker processes on 127.0.0.1, for one run."""
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import signal
@@ -20,6 +21,7 @@ from .config import NAME_PREFIX, Settings
 from .errors import ClusterError
 
 LOCALHOST = "127.0.0.1"
+log = logging.getLogger(__name__)
 
 
 def free_port() -> int:
@@ -71,6 +73,7 @@ class LocalCluster:
             for _ in range(self.n_workers):
                 self.start_worker(wait=False)
             self.wait_for_workers(self.n_workers)
+            log.info("local cluster up: name server %s, %d workers", self.ns, self.n_workers)
         except BaseException:
             self.close()
             raise
@@ -146,6 +149,8 @@ class LocalCluster:
 
     def close(self) -> None:
         """Stop every worker, then the name server; kill what does not stop in 10 s. Idempotent."""
+        if self._finalizer.alive:
+            log.info("stopping local cluster at %s", self.ns)
         self._finalizer()
         self._logdir.cleanup()
 

@@ -129,3 +129,19 @@ def test_status_lists_live_and_dead_workers(cluster: LocalCluster, ghost: str, c
     text = capsys.readouterr().out
     assert "ghost" in text and "unreachable" in text
     assert all(str(w.pid) in text for w in cluster.workers)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["pi", "--help"], ["run", "--help"], ["status", "--help"],
+                                  ["config", "--help"]])
+def test_every_help_reads_well(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: pyro-compute") and len(text.splitlines()) > 4
+
+
+def test_worker_help() -> None:
+    proc = subprocess.run([sys.executable, "-m", "pyro_compute.worker", "--help"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and "--allow-by-value" in proc.stdout and "--ns" in proc.stdout

@@ -168,3 +168,8 @@ def test_wrong_name_server_fails_fast() -> None:
     settings = Settings(ns=f"127.0.0.1:{free_port()}")
     with pytest.raises(WorkerUnavailableError, match="cannot reach the name server"):
         Pool(settings=settings)
+
+
+def test_progress_bar_when_asked(pool: Pool, capsys: pytest.CaptureFixture[str]) -> None:
+    assert sum(pool.map(remote_tasks.square, range(100), progress=True, timeout=T)) == 328350
+    assert "100task" in capsys.readouterr().err.replace(" ", "")
