@@ -7,6 +7,7 @@ is exact integer arithmetic, so results are bit-identical on every x86-64 machin
 from __future__ import annotations
 
 import math
+from typing import Union
 
 import numpy as np
 from numba import int64, njit, uint64
@@ -16,15 +17,17 @@ INTEGRANDS = ("gaussian", "ball", "sin_product", "sum_squares")
 _COORD_BITS = 31
 _RADIUS_SQ = 1 << (2 * _COORD_BITS)  # the unit circle on a 2**31 grid
 _DOUBLE_UNIT = 1.0 / (1 << 53)
+U64 = np.uint64
+Seed = Union[int, np.uint64]
 
 
 @njit(inline="always")
-def _rotl(x: int, k: int) -> int:
+def _rotl(x: U64, k: int) -> U64:
     return (x << uint64(k)) | (x >> uint64(64 - k))
 
 
 @njit(inline="always")
-def _splitmix64(state: int) -> tuple[int, int]:
+def _splitmix64(state: U64) -> tuple[U64, U64]:
     state = state + uint64(0x9E3779B97F4A7C15)
     z = state
     z = (z ^ (z >> uint64(30))) * uint64(0xBF58476D1CE4E5B9)
@@ -33,7 +36,7 @@ def _splitmix64(state: int) -> tuple[int, int]:
 
 
 @njit(nogil=True, cache=True)
-def _seed_lanes(seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _seed_lanes(seed: Seed) -> tuple[np.ndarray, np.ndarray]:
     s0 = np.empty(LANES, np.uint64)
     s1 = np.empty(LANES, np.uint64)
     # Hash the seed before walking the splitmix64 sequence from it: seeds that differ by a
@@ -46,10 +49,10 @@ def _seed_lanes(seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @njit(inline="always")
-def _next(s0: np.ndarray, s1: np.ndarray, lane: int) -> int:
+def _next(s0: np.ndarray, s1: np.ndarray, lane: int) -> U64:
     a = s0[lane]
     b = s1[lane]
-    out = a + b
+    out: U64 = a + b
     b ^= a
     s0[lane] = _rotl(a, 24) ^ b ^ (b << uint64(16))
     s1[lane] = _rotl(b, 37)
@@ -57,15 +60,15 @@ def _next(s0: np.ndarray, s1: np.ndarray, lane: int) -> int:
 
 
 @njit(inline="always")
-def _is_hit(r: int) -> int:
+def _is_hit(r: U64) -> bool:
     # Two disjoint 31-bit coordinates from one output; the two weakest low bits are dropped.
     x = int64(r >> uint64(33))
     y = int64((r >> uint64(2)) & uint64(0x7FFFFFFF))
-    return (x * x + y * y) < int64(_RADIUS_SQ)
+    return bool((x * x + y * y) < int64(_RADIUS_SQ))
 
 
 @njit(nogil=True, cache=True)
-def pi_hits(samples: int, seed: int) -> int:
+def pi_hits(samples: int, seed: Seed) -> int:
     """Count how many of ``samples`` uniform points in the unit square fall inside the quarter circle."""
     s0, s1 = _seed_lanes(seed)
     counts = np.zeros(LANES, np.int64)
@@ -101,7 +104,7 @@ def _integrand(code: int, x: np.ndarray) -> float:
 
 
 @njit(nogil=True, cache=True)
-def integrate(code: int, samples: int, seed: int,
+def integrate(code: int, samples: int, seed: Seed,
               lower: np.ndarray, upper: np.ndarray) -> tuple[int, float, float]:
     """Sample ``volume * f(x)`` uniformly over the box; return ``(n, sum, sum_of_squares)``.
 

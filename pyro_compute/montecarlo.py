@@ -5,7 +5,7 @@ import dataclasses
 import itertools
 import math
 import time
-from typing import Iterator
+from typing import Generator, Iterator
 
 from tqdm.auto import tqdm
 
@@ -66,7 +66,7 @@ def estimate_pi(pool: Pool, samples: int, seed: int, tol: float | None = None,
     started = time.perf_counter()
     hits = done = 0
     bar = tqdm(total=samples, disable=not progress, unit="samples", unit_scale=True, dynamic_ncols=True)
-    results = pool.map("pi_hits", plan(), seed=seed)
+    results: Generator[int, None, None] = pool.map("pi_hits", plan(), seed=seed)  # type: ignore[assignment]
     try:
         for h, n in zip(results, plan()):
             hits += h
@@ -75,7 +75,7 @@ def estimate_pi(pool: Pool, samples: int, seed: int, tol: float | None = None,
             if done >= samples and (tol is None or pi_stderr(hits, done) < tol):
                 break
     finally:
-        results.close()  # type: ignore[attr-defined]
+        results.close()
         bar.close()
     return PiEstimate(4.0 * hits / done, pi_stderr(hits, done), done, hits, seed,
                       len(pool.workers), time.perf_counter() - started)

@@ -26,7 +26,7 @@ import queue
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar, cast
 
 import numpy as np
 import Pyro4
@@ -209,7 +209,8 @@ class Pool(concurrent.futures.Executor):
         """
         results = self.map_as_completed(fn, *iterables, timeout=timeout, chunksize=chunksize,
                                         seed=seed, progress=progress)
-        return functools.reduce(reduction, results)
+        total: T = functools.reduce(reduction, results)
+        return total
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work, optionally cancel pending tasks, then stop the dispatchers.
@@ -272,10 +273,9 @@ class Pool(concurrent.futures.Executor):
             raise TypeError("map needs at least one iterable of arguments")
         if chunksize is not None and chunksize < 1:
             raise ValueError(f"chunksize must be at least 1, not {chunksize}")
+        key: tuple[int, ...] = ()
         if seed is None and self.seed is not None:
             seed, key = self.seed, (next(self._calls),)
-        else:
-            key = ()
         feeder = _Feeder(self, self._task_of(fn), zip(*iterables), chunksize, seed, key, ordered)
         feeder.start()
         return feeder
@@ -362,7 +362,7 @@ class Pool(concurrent.futures.Executor):
         except (Pyro4.errors.SerializeError, Pyro4.errors.MessageTooLargeError) as e:
             chunk.future.set_exception(e)
         except Pyro4.errors.CommunicationError as e:
-            return e
+            return cast(BaseException, e)
         except Exception as e:  # the Evaluator rejected the whole call: the caller's error
             chunk.future.set_exception(_with_remote_cause(e))
         else:
@@ -390,9 +390,9 @@ class Pool(concurrent.futures.Executor):
                 if names.get(name) != link.uri:
                     link.leaving = True
             for name, uri in names.items():
-                link = self._links.get(name)
-                if uri in self._dead_uris or (link is not None and link.uri == uri
-                                              and not (link.dead or link.leaving)):
+                known = self._links.get(name)
+                if uri in self._dead_uris or (known is not None and known.uri == uri
+                                              and not (known.dead or known.leaving)):
                     continue
                 self._links[name] = link = _Link(name, uri)
                 for slot in range(SLOTS):
@@ -468,7 +468,7 @@ class _Feeder(threading.Thread):
                 if self.ordered:
                     self.out.put(chunk)
                 else:
-                    chunk.future.add_done_callback(lambda f, c=chunk: self.out.put(c))
+                    chunk.future.add_done_callback(functools.partial(self._completed, chunk))
                 with self.live_lock:
                     self.live.add(chunk)
                 self.submitted += 1
@@ -478,6 +478,9 @@ class _Feeder(threading.Thread):
         finally:
             self.done = True
             self.out.put(None)
+
+    def _completed(self, chunk: _Chunk, _: concurrent.futures.Future[Any]) -> None:
+        self.out.put(chunk)
 
     def chunks(self, deadline: float | None) -> Iterator[_Chunk]:
         """Chunks in submission order (ordered) or completion order; re-raise an input error."""

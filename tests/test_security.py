@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import operator
 import os
 import pickle
 import shutil
@@ -27,10 +28,11 @@ import Pyro4.message
 import pytest
 
 import raw_pyro
-from pyro_compute import kernels
+import remote_tasks
+from pyro_compute import Pool, kernels
 from pyro_compute.cluster import LocalCluster, free_port
-from pyro_compute.config import NAME_PREFIX
-from pyro_compute.errors import KernelError
+from pyro_compute.config import NAME_PREFIX, Settings
+from pyro_compute.errors import KernelError, WorkerUnavailableError
 from pyro_compute.wire import register_wire
 
 TESTS = Path(__file__).parent
@@ -375,6 +377,29 @@ def test_a_header_announcing_too_much_is_cut_off_before_reading(
         finally:
             conn.close()
     assert_serves(ev, pid)
+
+
+POOL_SIZE_REASON = (
+    "A worker hangs up on a message over its MAX_MESSAGE_SIZE (Pyro4 cannot answer it), and "
+    "Pool._call takes any CommunicationError for a lost worker: _finished marks the worker dead "
+    "for good (_dead_uris), retries the chunk on the others, which are then marked dead too, and "
+    "the task fails with 'no worker was reachable' after worker_wait; every later task fails too")
+
+
+@pytest.mark.xfail(strict=True, reason=POOL_SIZE_REASON)
+@pytest.mark.parametrize("what", ["argument", "result"])
+def test_a_pool_task_over_the_size_limit_fails_alone(small_cluster: LocalCluster, what: str) -> None:
+    settings = Settings.from_env({}, **{**vars(small_cluster.settings), "worker_wait": 2.0,
+                                        "discovery_interval": 0.2})
+    with Pool(settings=settings) as pool:
+        if what == "argument":
+            future = pool.submit(remote_tasks.identity, "x" * 1_000_000)
+        else:
+            future = pool.submit(operator.mul, "x", 4 * SMALL_LIMIT)
+        with pytest.raises(Exception) as info:
+            future.result(timeout=60)
+        assert not isinstance(info.value, WorkerUnavailableError), info.value
+        assert pool.submit("pi_hits", 1000, 1).result(timeout=60) == kernels.pi_hits(1000, 1)
 
 
 # -- TLS ---------------------------------------------------------------------------------------
