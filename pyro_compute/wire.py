@@ -40,7 +40,25 @@ def _dict_to_array(_: str, d: dict[str, Any]) -> np.ndarray:
 def _dict_to_scalar(_: str, d: dict[str, Any]) -> np.generic:
     dtype = np.dtype(d["dtype"])
     _check_dtype(dtype)
-    return dtype.type(d["value"])  # type: ignore[no-any-return]
+    return dtype.type(_number(d["value"]))  # type: ignore[no-any-return]
+
+
+def _dict_to_complex(_: str, d: dict[str, Any]) -> complex:
+    return complex(_number(d["real"]), _number(d["imag"]))
+
+
+def _number(value: Any) -> Any:
+    """Undo serpent's class dict for a float or complex with a NaN part (there is no literal for NaN).
+
+    Pyro4 turns ``{"__class__": "float"}`` back into a float only where it is not inside another
+    class dict, such as our numpy scalar's, and never turns ``{"__class__": "complex"}`` back.
+    """
+    if isinstance(value, dict):
+        if value.get("__class__") == "float":
+            return float(value["value"])
+        if value.get("__class__") == "complex":
+            return _dict_to_complex("complex", value)
+    return value
 
 
 def _check_dtype(dtype: np.dtype[Any]) -> None:
@@ -78,9 +96,10 @@ def from_serpent(data: bytes) -> Any:
 
 @functools.cache
 def register_wire() -> None:
-    """Register the numpy and error hooks with Pyro4's serpent serializer (idempotent)."""
+    """Register the numpy, complex and error hooks with Pyro4's serpent serializer (idempotent)."""
     SerializerBase.register_class_to_dict(np.ndarray, _array_to_dict)
     SerializerBase.register_class_to_dict(np.generic, _scalar_to_dict)
     SerializerBase.register_dict_to_class(_ARRAY, _dict_to_array)
     SerializerBase.register_dict_to_class(_SCALAR, _dict_to_scalar)
+    SerializerBase.register_dict_to_class("complex", _dict_to_complex)
     register_errors()
