@@ -18,7 +18,7 @@ import Pyro4
 import Pyro4.errors
 import Pyro4.message
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -101,19 +101,23 @@ def results(reply: dict[str, Any]) -> list[Any]:
 
 # -- strategies --------------------------------------------------------------------------------
 
-# Numbers above 10**5 only in sizes the Evaluator refuses, so no example runs for minutes.
+# Integers above 10**5 only in sizes the Evaluator refuses, so that no example runs for minutes.
 HUGE = st.sampled_from([2**40 + 1, 2**63 - 1, 2**63, 2**64 - 1, 2**64, 2**200, -2**200, 10**300, -1])
 INTS = st.integers(-2**70, 10**5) | HUGE
+SPECIAL = st.sampled_from([math.nan, -math.nan, math.inf, -math.inf, -0.0, 0.0])
+FLOATS = st.floats() | SPECIAL | st.sampled_from([5e-324, 1.7976931348623157e308])
+COMPLEX = st.complex_numbers() | st.builds(complex, FLOATS, FLOATS)
 NUMPY_SCALARS = st.one_of(
     st.builds(np.int64, st.integers(-2**63, 10**5)), st.builds(np.uint64, st.sampled_from([0, 7, 2**64 - 1])),
-    st.builds(np.int8, st.integers(-128, 127)), st.builds(np.float64, st.floats()),
-    st.builds(np.float32, st.floats(width=32)), st.builds(np.bool_, st.booleans()),
-    st.builds(np.complex128, st.complex_numbers()))
+    st.builds(np.int8, st.integers(-128, 127)), st.builds(np.float64, FLOATS),
+    st.builds(np.float32, st.floats(width=32) | SPECIAL), st.builds(np.bool_, st.booleans()),
+    st.builds(np.complex128, COMPLEX),
+    st.builds(np.complex64, st.complex_numbers(width=64) | st.builds(complex, SPECIAL, SPECIAL)))
 NUMPY_ARRAYS = hnp.arrays(st.sampled_from([np.float64, np.float32, np.int64, np.int32, np.uint8, np.bool_,
                                            np.complex128, np.dtype(">f8")]),
                           hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4))
-LEAVES = (st.none() | st.booleans() | INTS | st.floats() | st.text(max_size=30) | st.binary(max_size=30)
-          | st.complex_numbers() | NUMPY_SCALARS | NUMPY_ARRAYS)
+LEAVES = (st.none() | st.booleans() | INTS | FLOATS | st.text(max_size=30) | st.binary(max_size=30)
+          | COMPLEX | NUMPY_SCALARS | NUMPY_ARRAYS)
 KEYS = st.text(max_size=8) | st.integers(-5, 5) | st.sampled_from(["seed", "samples", "dims", "lower", "upper"])
 VALUES = st.recursive(
     LEAVES,
@@ -125,15 +129,73 @@ KWARGS = st.dictionaries(st.sampled_from(["samples", "seed", "lower", "upper", "
                                           "task", "args", "kwargs", "seeds"]) | st.text(max_size=10),
                          VALUES, max_size=4)
 SERIALIZERS = st.sampled_from(["serpent", "marshal"])
+KERNEL_PARAMS = {"pi_hits": ("samples", "seed"),
+                 "integrate": ("integrand", "samples", "seed", "lower", "upper", "dims")}
+
+
+@st.composite
+def kernel_arguments(draw: Any, method: str) -> tuple[list[Any], dict[Any, Any]]:
+    """Arguments for a kernel: mostly valid, some out of range, some of any type, some extra."""
+    dims = draw(st.integers(1, 8) | st.integers(-3, 70) | VALUES)
+    d = dims if type(dims) is int and 1 <= dims <= 64 else 1
+    finite = st.floats(-1e6, 1e6) | st.integers(-10, 10)
+    bound = st.one_of(finite, finite, st.lists(finite, min_size=d, max_size=d),
+                      st.lists(FLOATS, min_size=d, max_size=d), FLOATS, VALUES)
+    value = {"samples": st.one_of(st.integers(0, 10**5), st.integers(0, 10**5), st.integers(-3, 10**5), HUGE, VALUES),
+             "seed": st.one_of(st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1), INTS, VALUES),
+             "integrand": st.one_of(st.sampled_from(kernels.INTEGRANDS), st.sampled_from(kernels.INTEGRANDS),
+                                    st.sampled_from(kernels.INTEGRANDS), st.text(max_size=10), VALUES),
+             "lower": bound, "upper": bound, "dims": st.just(dims)}
+    names = KERNEL_PARAMS[method]
+    full = [draw(value[n]) for n in names]
+    positional = draw(st.integers(0, len(names)))
+    args = full[:positional]
+    kwargs: dict[Any, Any] = {n: v for n, v in zip(names[positional:], full[positional:])
+                              if draw(st.integers(0, 5)) < 5}  # now and then one goes missing
+    if draw(st.integers(0, 4)) == 4:
+        args += draw(ARGS)
+    if draw(st.integers(0, 4)) == 4:
+        kwargs.update(draw(KWARGS))
+    return args, kwargs
+
+
+@st.composite
+def kernel_calls(draw: Any) -> tuple[str, list[Any], dict[Any, Any]]:
+    method = draw(st.sampled_from(sorted(KERNEL_PARAMS)))
+    return (method, *draw(kernel_arguments(method)))
+
 
 # Tasks whose cost stays small whatever the (bounded) arguments; never sleep_then or pow.
-TASKS = st.sampled_from([
-    "pi_hits", "integrate", "remote_tasks:identity", "remote_tasks:type_name", "remote_tasks:call_args",
-    "remote_tasks:fail_with_args", "remote_tasks:add", "operator:add", "operator:getitem",
-    "operator:truediv", "builtins:len", "builtins:sorted", "builtins:repr", "builtins:str",
-    "builtins:hash", "builtins:tuple", "builtins:dict", "builtins:abs", "math:sqrt", "math:isfinite",
-    "pyro_compute.tasks:increment", "pyro_compute.tasks:noop",
-]) | st.text(max_size=30)
+SAFE_TASKS = [
+    "remote_tasks:identity", "remote_tasks:type_name", "remote_tasks:call_args", "remote_tasks:fail_with_args",
+    "remote_tasks:add", "operator:add", "operator:getitem", "operator:truediv", "builtins:len",
+    "builtins:sorted", "builtins:repr", "builtins:str", "builtins:hash", "builtins:tuple", "builtins:dict",
+    "builtins:abs", "math:sqrt", "math:isfinite", "pyro_compute.tasks:increment", "pyro_compute.tasks:noop",
+]
+
+
+@st.composite
+def batch_calls(draw: Any, junk: bool) -> tuple[Any, ...]:
+    """Positional arguments of Evaluator.batch: task, argument lists, kwargs, seeds.
+
+    Without ``junk`` these are the calls a Pool makes, with odd values inside the argument
+    lists; with ``junk`` any part may be of any type, missing or extra.
+    """
+    task = draw(st.sampled_from([*KERNEL_PARAMS, *SAFE_TASKS]))
+    item = kernel_arguments(task).map(lambda call: call[0]) if task in KERNEL_PARAMS else ARGS
+    items = draw(st.lists(item, max_size=6))
+    seeds = draw(st.none() | st.lists(st.integers(0, 2**64 - 1), min_size=len(items), max_size=len(items)))
+    if not junk:
+        return (task, items, None, seeds)
+    task = draw(st.one_of(st.just(task), st.text(max_size=30), VALUES))
+    items = draw(st.one_of(st.just(items), st.lists(item | VALUES, max_size=4), VALUES))
+    n = len(items) if isinstance(items, (list, tuple)) else 0
+    kwargs = draw(st.none() | KWARGS | VALUES)
+    seeds = draw(st.just(seeds) | st.lists(INTS | VALUES, min_size=n, max_size=n) | VALUES)
+    code = draw(st.binary(max_size=60) | VALUES)  # a function by value; these workers refuse it
+    return tuple(draw(st.sampled_from([(task, items, kwargs, seeds), (task, items, kwargs), (task, items),
+                                        (task,), (task, items, kwargs, seeds, code),
+                                        (task, items, kwargs, seeds, code, None)])))
 
 
 # -- calls through a proxy -----------------------------------------------------------------------
@@ -142,11 +204,12 @@ def test_kernels_with_random_arguments(target: Target) -> None:
     proxies = {s: target.proxy(s) for s in ("serpent", "marshal")}
 
     @FUZZ
-    @given(method=st.sampled_from(["pi_hits", "integrate"]), args=ARGS, kwargs=KWARGS, serializer=SERIALIZERS)
-    def run(method: str, args: list[Any], kwargs: dict[Any, Any], serializer: str) -> None:
-        p = proxies[serializer]
-        reply = answered(lambda: p._pyroInvoke(method, tuple(args), kwargs))
-        event(f"{method}: {type(reply).__name__}")
+    @given(call=kernel_calls(), serializer=SERIALIZERS)
+    def run(call: tuple[str, list[Any], dict[Any, Any]], serializer: str) -> None:
+        method, args, kwargs = call
+        reply = answered(lambda: proxies[serializer]._pyroInvoke(method, tuple(args), kwargs))
+        if method == "pi_hits" and not isinstance(reply, Exception):
+            assert type(reply) is int and reply >= 0
 
     try:
         run()
@@ -156,29 +219,18 @@ def test_kernels_with_random_arguments(target: Target) -> None:
     target.assert_unharmed()
 
 
-@st.composite
-def batch_calls(draw: Any) -> tuple[Any, ...]:
-    task = draw(TASKS | VALUES)
-    items = draw(st.lists(ARGS, max_size=6) | VALUES)
-    n = len(items) if isinstance(items, list) else 0
-    kwargs = draw(st.none() | KWARGS | VALUES)
-    seeds = draw(st.none() | st.lists(INTS | VALUES, min_size=n, max_size=n) | VALUES)
-    return tuple(draw(st.sampled_from([(task,), (task, items), (task, items, kwargs),
-                                        (task, items, kwargs, seeds)])))
-
-
-def test_batch_with_random_arguments(target: Target) -> None:
+@pytest.mark.parametrize("junk", [False, True], ids=["pool-like", "junk"])
+def test_batch_with_random_arguments(target: Target, junk: bool) -> None:
     proxies = {s: target.proxy(s) for s in ("serpent", "marshal")}
 
     @FUZZ
-    @given(call=batch_calls(), kwargs=st.none() | KWARGS, serializer=SERIALIZERS)
+    @given(call=batch_calls(junk), kwargs=st.none() | KWARGS if junk else st.none(), serializer=SERIALIZERS)
     def run(call: tuple[Any, ...], kwargs: dict[Any, Any] | None, serializer: str) -> None:
-        p = proxies[serializer]
-        reply = answered(lambda: p._pyroInvoke("batch", call, kwargs or {}))
-        event(type(reply).__name__ if not isinstance(reply, dict) else
-              f"ran {len(results(reply))} items, {len(reply['errors'])} failed")
-        if isinstance(reply, dict) and not kwargs:
-            n = len(call[1]) if len(call) > 1 else 0
+        reply = answered(lambda: proxies[serializer]._pyroInvoke("batch", call, kwargs or {}))
+        if not junk:
+            assert isinstance(reply, dict), reply  # only items may fail, never the whole call
+        if isinstance(reply, dict):
+            n = len(call[1])
             assert len(results(reply)) == n
             assert all(isinstance(e, list) and len(e) == 5 and 0 <= e[0] < n for e in reply["errors"])
 
@@ -206,6 +258,52 @@ def test_plain_values_round_trip_exactly(target: Target) -> None:
         reply = proxies[serializer].batch("remote_tasks:identity", [[v] for v in values])
         assert reply["errors"] == []
         assert results(reply) == values
+
+    try:
+        run()
+    finally:
+        for p in proxies.values():
+            p._pyroRelease()
+    target.assert_unharmed()
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal in value, type and (for numpy) dtype and shape; NaN equals NaN."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (np.ndarray, np.generic)):
+        return a.dtype == b.dtype and np.shape(a) == np.shape(b) and bool(np.array_equal(a, b, equal_nan=True))
+    if isinstance(a, float):
+        return repr(a) == repr(b)  # -0.0 stays -0.0
+    if isinstance(a, complex):  # serpent writes complex as a literal sum, which loses signed zeros
+        return all(x == y or (math.isnan(x) and math.isnan(y)) for x, y in ((a.real, b.real), (a.imag, b.imag)))
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return bool(a == b)
+
+
+PY_NUMBERS = FLOATS | COMPLEX | INTS
+NUMERIC = st.recursive(NUMPY_SCALARS | NUMPY_ARRAYS | PY_NUMBERS, lambda kids: st.lists(kids, max_size=4),
+                       max_leaves=8)
+# A client sends numpy values with serpent only (marshal would turn them into bytes; the Pool
+# checks with is_plain), so marshal gets Python numbers.
+NUMBERS_CALLS = (st.tuples(st.just("serpent"), st.lists(NUMERIC, min_size=1, max_size=4))
+                 | st.tuples(st.just("marshal"), st.lists(st.recursive(PY_NUMBERS, st.lists, max_leaves=8),
+                                                          min_size=1, max_size=4)))
+
+
+def test_numbers_round_trip_exactly(target: Target) -> None:
+    """Python and numpy numbers, NaN and infinities included, come back as they went, both serializers."""
+    proxies = {s: target.proxy(s) for s in ("serpent", "marshal")}
+
+    @FUZZ
+    @given(call=NUMBERS_CALLS)
+    def run(call: tuple[str, list[Any]]) -> None:
+        serializer, values = call
+        reply = proxies[serializer].batch("remote_tasks:identity", [[v] for v in values])
+        assert reply["errors"] == []
+        back = results(reply)
+        assert same(back, values), (back, values)
 
     try:
         run()

@@ -190,6 +190,20 @@ def test_pickle_payload_after_a_serpent_handshake_is_never_loaded(
     assert_serves(ev, pid)
 
 
+@pytest.mark.parametrize("serializer", ["serpent", "marshal"])
+def test_functions_by_value_are_refused_unread_without_allow_by_value(
+        cluster: LocalCluster, worker_uri: str, ev: Any, serializer: str, tmp_path: Path) -> None:
+    """A worker started without --allow-by-value never unpickles the ``code`` a caller sends."""
+    pid = ev.info()["pid"]
+    assert ev.info()["by_value"] is False
+    marker = tmp_path / "unpickled"
+    with proxy(worker_uri, cluster.settings.hmac_bytes, serializer) as p:
+        with pytest.raises(KernelError, match="does not accept functions by value"):
+            p.batch("remote_tasks:identity", [[1]], None, None, pickle.dumps(Detonator(marker)))
+    assert not marker.exists()
+    assert_serves(ev, pid)
+
+
 REFUSED_IDS = [raw_pyro.JSON, raw_pyro.PICKLE, raw_pyro.DILL, raw_pyro.MSGPACK, raw_pyro.CLOUDPICKLE,
                0, 8, 255, 65535]
 
