@@ -22,6 +22,7 @@ from .references import Resolver
 from .wire import register_wire
 
 log = logging.getLogger(__name__)
+HANDSHAKE_TIMEOUT = 10.0  # seconds a new connection has to authenticate
 
 
 def configure_pyro(settings: Settings) -> None:
@@ -36,6 +37,9 @@ def configure_pyro(settings: Settings) -> None:
     Pyro4.config.POLLTIMEOUT = 0.2
     Pyro4.config.SOCK_NODELAY = True
     Pyro4.config.THREADPOOL_SIZE = 64
+    # Each connection holds a server thread; a socket timeout until the handshake stops idle
+    # strangers from holding them all (_Daemon lifts it once a caller has authenticated).
+    Pyro4.config.COMMTIMEOUT = HANDSHAKE_TIMEOUT
     register_wire()
 
 
@@ -43,6 +47,15 @@ def locate_ns(settings: Settings) -> Any:
     """A fresh proxy to the name server named in ``settings``."""
     host, port = settings.ns_address
     return Pyro4.locateNS(host, port, hmac_key=settings.hmac_bytes)
+
+
+class _Daemon(Pyro4.Daemon):  # type: ignore[misc]
+    """A Pyro4 daemon whose connections lose their socket timeout once they pass the handshake."""
+
+    def validateHandshake(self, conn: Any, data: Any) -> Any:
+        # Called only after the HMAC check passed: a pool may keep this connection idle for long.
+        conn.sock.settimeout(None)
+        return super().validateHandshake(conn, data)
 
 
 class Worker:
@@ -60,7 +73,7 @@ class Worker:
         self._busy = threading.Lock()
         self.evaluator = Evaluator(resolver, self.name, self._busy)
         kernels.warm_up()
-        self.daemon = Pyro4.Daemon(host=settings.host, port=port)
+        self.daemon = _Daemon(host=settings.host, port=port)
         self.daemon._pyroHmacKey = settings.hmac_bytes
         self.uri = self.daemon.register(self.evaluator, objectId=self.name)
         self.metadata = {"pyro_compute.evaluator", f"kernels:{','.join(KERNELS)}",
