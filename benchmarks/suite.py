@@ -26,7 +26,7 @@ def kernel_rate(repeat: int) -> Report:
     """B1: π samples/s of the kernel on one core, beside a plain Numba ``np.random`` loop."""
     sizes = {"kernel": 2 * 10**8, "np.random": 2 * 10**7}
     seed = np.uint64(7)  # the Evaluator's seed type, so the compiled signature it uses is timed
-    med = side_by_side({"kernel": timed(lambda: pi_hits(sizes["kernel"], seed)),  # type: ignore[arg-type]
+    med = side_by_side({"kernel": timed(lambda: pi_hits(sizes["kernel"], seed)),
                         "np.random": timed(lambda: numpy_random_hits(sizes["np.random"], 7))}, repeat)
     rate = {k: sizes[k] / med[k][0] / 1e9 for k in sizes}
     return Report([Row("B1", "π kernel, 1 core", rate["kernel"], "G samples/s",
@@ -115,18 +115,15 @@ def latency(repeat: int, calls: int = 2000) -> Report:
     """B5: sequential ``submit(noop).result()`` latency beside raw Pyro4 calls to one worker."""
     report = Report(notes=[f"B5: {calls:,} sequential calls per run; the Pool sends plain data with "
                            "marshal, so the raw proxies use marshal too unless marked serpent"])
+    noop = "pyro_compute.tasks:noop"
     with cluster() as local, Pool(cluster=local) as pool:
-        uri = next(iter(local.registered().values()))
-        hmac = local.settings.hmac_bytes
-        marshal, serpent = _raw_proxy(uri, hmac, "marshal"), _raw_proxy(uri, hmac, "serpent")
-        noop = "pyro_compute.tasks:noop"
-        cases = {"submit": _latency(lambda: pool.submit(tasks.noop).result(), calls),
-                 "raw batch() (marshal)": _latency(lambda: marshal.batch(noop, [[]]), calls),
-                 "raw batch() (serpent)": _latency(lambda: serpent.batch(noop, [[]]), calls),
-                 "raw info() (marshal)": _latency(marshal.info, calls)}
-        med = side_by_side(cases, repeat)
-        marshal._pyroRelease()
-        serpent._pyroRelease()
+        uri, hmac = next(iter(local.registered().values())), local.settings.hmac_bytes
+        with _raw_proxy(uri, hmac, "marshal") as marshal, _raw_proxy(uri, hmac, "serpent") as serpent:
+            cases = {"submit": _latency(lambda: pool.submit(tasks.noop).result(), calls),
+                     "raw batch() (marshal)": _latency(lambda: marshal.batch(noop, [[]]), calls),
+                     "raw batch() (serpent)": _latency(lambda: serpent.batch(noop, [[]]), calls),
+                     "raw info() (marshal)": _latency(marshal.info, calls)}
+            med = side_by_side(cases, repeat)
     baselines = [label for label in cases if label != "submit"]
     for i, (pct, limit) in enumerate([("p50", 150.0), ("p99", 300.0)]):
         for label in baselines:  # the target is on the pool's own figure; show it once
