@@ -182,7 +182,9 @@ def batch_calls(draw: Any, junk: bool) -> tuple[Any, ...]:
     Without ``junk`` these are the calls a Pool makes, with odd values inside the argument
     lists; with ``junk`` any part may be of any type, missing or extra.
     """
-    task = draw(st.sampled_from([*KERNEL_PARAMS, *SAFE_TASKS]))
+    # builtins:dict builds dicts with keys the wire cannot carry, which fails the whole call
+    # (test_a_result_the_wire_cannot_carry_fails_only_its_own_item); only junk calls may do that.
+    task = draw(st.sampled_from([*KERNEL_PARAMS, *(t for t in SAFE_TASKS if junk or t != "builtins:dict")]))
     item = kernel_arguments(task).map(lambda call: call[0]) if task in KERNEL_PARAMS else ARGS
     items = draw(st.lists(item, max_size=6))
     seeds = draw(st.none() | st.lists(st.integers(0, 2**64 - 1), min_size=len(items), max_size=len(items)))
@@ -311,6 +313,20 @@ def test_numbers_round_trip_exactly(target: Target) -> None:
     finally:
         for p in proxies.values():
             p._pyroRelease()
+    target.assert_unharmed()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "Evaluator.batch sends all results in one reply, so a result that serpent cannot write (a dict "
+    "keyed by None) or cannot read back (keyed by NaN, bytes or a numpy scalar, as from np.unique) "
+    "fails the whole call with a TypeError that names no item (the unreadable kinds only in the "
+    "client, while reading the reply): a Pool map loses every task of that chunk"))
+@pytest.mark.parametrize("key", [None, math.nan, np.int64(1)], ids=["None", "nan", "int64"])
+def test_a_result_the_wire_cannot_carry_fails_only_its_own_item(target: Target, key: Any) -> None:
+    with target.proxy() as p:
+        reply = p.batch("builtins:dict", [[[(key, 1)]], [[("fine", 2)]]])
+    assert results(reply)[1] == {"fine": 2}
+    assert [e[0] for e in reply["errors"]] == [0]
     target.assert_unharmed()
 
 
