@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import Pyro4
+import Pyro4.constants
 import Pyro4.errors
 import pytest
 
@@ -164,8 +165,10 @@ class Processes:
 
 
 def registered(ns_host: str, port: int, key: bytes) -> dict[str, str]:
+    """Workers in the name server; empty while it does not answer (within 5 s)."""
     try:
-        with Pyro4.locateNS(ns_host, port, hmac_key=key) as ns:
+        with Pyro4.Proxy(f"PYRO:{Pyro4.constants.NAMESERVER_NAME}@{ns_host}:{port}") as ns:
+            ns._pyroHmacKey = key
             ns._pyroTimeout = 5
             return dict(ns.list(prefix=NAME_PREFIX))
     except Pyro4.errors.PyroError:
