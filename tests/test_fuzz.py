@@ -233,7 +233,7 @@ def test_batch_with_random_arguments(target: Target, junk: bool) -> None:
         if not junk:
             assert isinstance(reply, dict), reply  # only items may fail, never the whole call
         if isinstance(reply, dict):
-            n = len(call[1])
+            n = len(call[1] if len(call) > 1 else (kwargs or {})["args"])
             assert len(results(reply)) == n
             assert all(isinstance(e, list) and len(e) == 5 and 0 <= e[0] < n for e in reply["errors"])
 
