@@ -45,6 +45,7 @@ SLOTS = 2              # calls in flight per worker, so none idles while a resul
 TARGET_SECONDS = 0.02  # work carried by one RMI call once task times are known
 MAX_CHUNK = 4096
 CHUNKS_PER_SLOT = 4    # chunks in flight per dispatcher for streaming map calls
+PROBE_TIMEOUT = 2.0    # seconds a worker that hung up has to prove it is alive
 
 
 class _Chunk:
@@ -338,7 +339,7 @@ class Pool(concurrent.futures.Executor):
                 kind = "marshal" if is_plain(chunk.args) and is_plain(chunk.kwargs) else "serpent"
                 if kind not in proxies:
                     proxies[kind] = self._proxy(link.uri, kind)
-                lost = self._call(proxies[kind], chunk)
+                lost = self._call(proxies[kind], chunk, link)
                 if lost is not None:
                     log.warning("worker %s lost: %s", link.name, lost)
                 self._finished(chunk, link, lost)
@@ -353,7 +354,7 @@ class Pool(concurrent.futures.Executor):
         proxy._pyroTimeout = self.settings.call_timeout
         return proxy
 
-    def _call(self, proxy: Pyro4.Proxy, chunk: _Chunk) -> BaseException | None:
+    def _call(self, proxy: Pyro4.Proxy, chunk: _Chunk, link: _Link) -> BaseException | None:
         """Run one chunk; return the communication error if the worker was lost."""
         try:
             reply = proxy.batch(chunk.task, chunk.args, chunk.kwargs, chunk.seeds, chunk.code)
@@ -361,6 +362,14 @@ class Pool(concurrent.futures.Executor):
                 reply["results"] = from_serpent(reply["serpent"])
         except (Pyro4.errors.SerializeError, Pyro4.errors.MessageTooLargeError) as e:
             chunk.future.set_exception(e)
+        except Pyro4.errors.ConnectionClosedError as e:
+            if not self._answers(link.uri):
+                return cast(BaseException, e)
+            # Alive but hung up on this call: Pyro4 does that to a message over its size limit.
+            chunk.future.set_exception(Pyro4.errors.MessageTooLargeError(
+                f"worker {link.name} closed the connection on task {chunk.task} but still answers: "
+                "the call or its result is probably larger than the workers' message size limit "
+                f"(PYRO_COMPUTE_MAX_MESSAGE_SIZE, {self.settings.max_message_size} bytes here)"))
         except Pyro4.errors.CommunicationError as e:
             return cast(BaseException, e)
         except Exception as e:  # the Evaluator rejected the whole call: the caller's error
@@ -369,6 +378,16 @@ class Pool(concurrent.futures.Executor):
             self._record(chunk.task, reply["seconds"], len(chunk.args))
             chunk.resolve(reply["results"], reply["errors"])
         return None
+
+    def _answers(self, uri: str) -> bool:
+        """Whether a worker completes a fresh handshake within PROBE_TIMEOUT."""
+        try:
+            with self._proxy(uri, "serpent") as probe:
+                probe._pyroTimeout = PROBE_TIMEOUT
+                probe._pyroBind()
+            return True
+        except Pyro4.errors.CommunicationError:
+            return False
 
     # -- discovery --------------------------------------------------------------------------
 
