@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     info["loadavg_end"] = os.getloadavg()
     if args.json:
         print(json.dumps({**info, "repeat": args.repeat, "rows": [r.as_dict() for r in report.rows],
-                          "notes": list(dict.fromkeys(report.notes))}, indent=2))
+                          "notes": list(dict.fromkeys(report.notes))}, indent=2, ensure_ascii=False))
         return 0
     print(f"{info['date']}  {info['cpu']}, {info['cores']} cores, Python {info['python']}; "
           f"median of {args.repeat} runs; load average {info['loadavg_start'][0]:.2f} at start, "
