@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from .config import NAME_PREFIX, Settings
 from .errors import ComputeError, RemoteError, RemoteTraceback, WorkerUnavailableError
 from .references import by_value_needed, reference_of
-from .wire import from_serpent, is_plain, register_wire
+from .wire import from_serpent, is_plain, plain_rows, register_wire
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -148,6 +148,7 @@ class Pool(concurrent.futures.Executor):
         self._code: dict[Any, bytes] = {}
         self._calls = itertools.count()
         self._cond = threading.Condition()
+        self._closed = threading.Event()  # wakes the discovery thread on shutdown
         self._pending: collections.deque[_Chunk] = collections.deque()
         self._links: dict[str, _Link] = {}
         self._dead_uris: set[str] = set()
@@ -218,6 +219,7 @@ class Pool(concurrent.futures.Executor):
 
         It is safe to call this method several times.
         """
+        self._closed.set()
         with self._cond:
             self._shutdown = True
             if cancel_futures:
@@ -257,11 +259,12 @@ class Pool(concurrent.futures.Executor):
             self._pending.extend(chunks)
             self._cond.notify(len(chunks))
 
-    def _chunk_size(self, task: str, previous: int) -> int:
+    def _chunk_size(self, task: str, cap: int) -> int:
+        """Tasks per call: TARGET_SECONDS of measured work, at most ``cap``; 1 while unmeasured."""
         per_item = self._per_item.get(task)
-        if per_item is None:  # unknown cost: one task per call until the first measurement
+        if per_item is None:
             return 1
-        return max(1, min(2 * previous, MAX_CHUNK, int(TARGET_SECONDS / max(per_item, 1e-9))))
+        return max(1, min(cap, MAX_CHUNK, int(TARGET_SECONDS / max(per_item, 1e-9))))
 
     def _record(self, task: str, seconds: float, items: int) -> None:
         sample = seconds / items
@@ -277,7 +280,13 @@ class Pool(concurrent.futures.Executor):
         key: tuple[int, ...] = ()
         if seed is None and self.seed is not None:
             seed, key = self.seed, (next(self._calls),)
-        feeder = _Feeder(self, self._task_of(fn), zip(*iterables), chunksize, seed, key, ordered)
+        try:
+            # A known length caps chunks so that every dispatcher gets several of them.
+            total = min(len(it) for it in iterables)  # type: ignore[arg-type]
+            cap = max(1, total // (CHUNKS_PER_SLOT * SLOTS * max(1, len(self.workers))))
+        except TypeError:
+            cap = MAX_CHUNK
+        feeder = _Feeder(self, self._task_of(fn), zip(*iterables), chunksize, seed, key, ordered, cap)
         feeder.start()
         return feeder
 
@@ -307,7 +316,8 @@ class Pool(concurrent.futures.Executor):
                     if chunk.future.running() or chunk.future.set_running_or_notify_cancel():
                         self._busy += 1
                         return chunk
-                    self._cond.notify_all()  # a cancelled chunk may have been the last one
+                    if self._shutdown:
+                        self._cond.notify_all()  # a cancelled chunk may have been the last one
                     continue
                 self._cond.wait()
 
@@ -326,7 +336,9 @@ class Pool(concurrent.futures.Executor):
                         f"task {chunk.task} (chunk of {len(chunk.args)}) failed on "
                         f"{len(chunk.tried)} workers, which were lost: {', '.join(chunk.tried)}; "
                         f"last error: {lost}"))
-            self._cond.notify_all()
+            # Waking every dispatcher per chunk costs the caller GIL time: only when it matters.
+            if lost is not None or (self._shutdown and not self._pending and not self._busy):
+                self._cond.notify_all()
 
     def _dispatch(self, link: _Link) -> None:
         """One dispatcher: its own proxies, one call at a time, until the link stops.
@@ -336,7 +348,7 @@ class Pool(concurrent.futures.Executor):
         proxies: dict[str, Pyro4.Proxy] = {}
         try:
             while (chunk := self._next_chunk(link)) is not None:
-                kind = "marshal" if is_plain(chunk.args) and is_plain(chunk.kwargs) else "serpent"
+                kind = "marshal" if plain_rows(chunk.args) and is_plain(chunk.kwargs) else "serpent"
                 if kind not in proxies:
                     proxies[kind] = self._proxy(link.uri, kind)
                 lost = self._call(proxies[kind], chunk, link)
@@ -424,9 +436,8 @@ class Pool(concurrent.futures.Executor):
     def _discover(self) -> None:
         """Follow the name server: add new workers, retire unregistered ones, fail on none."""
         while True:
-            with self._cond:
-                if self._cond.wait_for(lambda: self._shutdown, self.settings.discovery_interval):
-                    return
+            if self._closed.wait(self.settings.discovery_interval):
+                return
             try:
                 self._update_links(self._scan())
             except WorkerUnavailableError as e:
@@ -457,10 +468,11 @@ class _Feeder(threading.Thread):
     """Reads one map call's input lazily into chunks, keeping a bounded number in flight."""
 
     def __init__(self, pool: Pool, task: tuple[str, bytes | None], args: Iterator[tuple[Any, ...]],
-                 chunksize: int | None, seed: int | None, key: tuple[int, ...], ordered: bool) -> None:
+                 chunksize: int | None, seed: int | None, key: tuple[int, ...], ordered: bool,
+                 cap: int) -> None:
         super().__init__(name=f"feeder-{task[0]}", daemon=True)
         self.pool, self.task, self.args = pool, task, args
-        self.chunksize, self.seed, self.key, self.ordered = chunksize, seed, key, ordered
+        self.chunksize, self.seed, self.key, self.ordered, self.cap = chunksize, seed, key, ordered, cap
         self.slots = threading.Semaphore(max(8, CHUNKS_PER_SLOT * SLOTS * len(pool.workers)))
         self.out: queue.SimpleQueue[_Chunk | None] = queue.SimpleQueue()
         self.live: set[_Chunk] = set()  # submitted, not yet consumed: what stop() cancels
@@ -471,10 +483,10 @@ class _Feeder(threading.Thread):
         self.stopped = False
 
     def run(self) -> None:
-        index, size = 0, 1
+        index = 0
         try:
             while not self.stopped:
-                size = self.chunksize or self.pool._chunk_size(self.task[0], size)
+                size = self.chunksize or self.pool._chunk_size(self.task[0], self.cap)
                 args = list(itertools.islice(self.args, size))
                 if not args:
                     break

@@ -84,6 +84,12 @@ def is_plain(obj: Any, depth: int = 8) -> bool:
     return False
 
 
+def plain_rows(rows: list[tuple[Any, ...]]) -> bool:
+    """``is_plain`` for a chunk's argument tuples, fast when they hold only scalars."""
+    kinds = {type(x) for row in rows for x in row}
+    return kinds <= _PLAIN_SCALARS or is_plain(rows)
+
+
 def to_serpent(obj: Any) -> bytes:
     """Serialize ``obj`` with Pyro4's serpent serializer and our hooks."""
     return SerpentSerializer().dumps(obj)  # type: ignore[no-any-return]
