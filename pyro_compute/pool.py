@@ -22,6 +22,7 @@ import concurrent.futures
 import functools
 import itertools
 import logging
+import marshal
 import queue
 import sys
 import threading
@@ -348,10 +349,11 @@ class Pool(concurrent.futures.Executor):
         proxies: dict[str, Pyro4.Proxy] = {}
         try:
             while (chunk := self._next_chunk(link)) is not None:
-                kind = "marshal" if plain_rows(chunk.args) and is_plain(chunk.kwargs) else "serpent"
+                packed = plain_rows(chunk.args) and is_plain(chunk.kwargs)
+                kind = "marshal" if packed else "serpent"
                 if kind not in proxies:
                     proxies[kind] = self._proxy(link.uri, kind)
-                lost = self._call(proxies[kind], chunk, link)
+                lost = self._call(proxies[kind], chunk, link, packed)
                 if lost is not None:
                     log.warning("worker %s lost: %s", link.name, lost)
                 self._finished(chunk, link, lost)
@@ -366,11 +368,14 @@ class Pool(concurrent.futures.Executor):
         proxy._pyroTimeout = self.settings.call_timeout
         return proxy
 
-    def _call(self, proxy: Pyro4.Proxy, chunk: _Chunk, link: _Link) -> BaseException | None:
+    def _call(self, proxy: Pyro4.Proxy, chunk: _Chunk, link: _Link, packed: bool) -> BaseException | None:
         """Run one chunk; return the communication error if the worker was lost."""
         try:
-            reply = proxy.batch(chunk.task, chunk.args, chunk.kwargs, chunk.seeds, chunk.code)
-            if "serpent" in reply:
+            args = marshal.dumps(chunk.args) if packed else chunk.args
+            reply = proxy.batch(chunk.task, args, chunk.kwargs, chunk.seeds, chunk.code)
+            if "packed" in reply:
+                reply["results"] = marshal.loads(reply["packed"])
+            elif "serpent" in reply:
                 reply["results"] = from_serpent(reply["serpent"])
         except (Pyro4.errors.SerializeError, Pyro4.errors.MessageTooLargeError) as e:
             chunk.future.set_exception(e)

@@ -84,10 +84,14 @@ def is_plain(obj: Any, depth: int = 8) -> bool:
     return False
 
 
+def plain_values(values: list[Any]) -> bool:
+    """``is_plain`` for a list, fast when it holds only scalars."""
+    return {type(x) for x in values} <= _PLAIN_SCALARS or is_plain(values)
+
+
 def plain_rows(rows: list[tuple[Any, ...]]) -> bool:
     """``is_plain`` for a chunk's argument tuples, fast when they hold only scalars."""
-    kinds = {type(x) for row in rows for x in row}
-    return kinds <= _PLAIN_SCALARS or is_plain(rows)
+    return {type(x) for row in rows for x in row} <= _PLAIN_SCALARS or is_plain(rows)
 
 
 def to_serpent(obj: Any) -> bytes:

@@ -173,3 +173,19 @@ def test_wrong_name_server_fails_fast() -> None:
 def test_progress_bar_when_asked(pool: Pool, capsys: pytest.CaptureFixture[str]) -> None:
     assert sum(pool.map(remote_tasks.square, range(100), progress=True, timeout=T)) == 328350
     assert "100task" in capsys.readouterr().err.replace(" ", "")
+
+
+def test_packed_args_are_refused_over_serpent(cluster: LocalCluster) -> None:
+    import marshal
+
+    import Pyro4
+    uri = next(iter(cluster.registered().values()))
+    with Pyro4.Proxy(uri) as proxy:
+        proxy._pyroHmacKey = cluster.settings.hmac_bytes
+        with pytest.raises(TypeError, match="only over the marshal serializer"):
+            proxy.batch("pyro_compute.tasks:increment", marshal.dumps([(1,)]))
+        proxy._pyroSerializer = "marshal"
+        reply = proxy.batch("pyro_compute.tasks:increment", marshal.dumps([(1,), (2,)]))
+        assert marshal.loads(reply["packed"]) == [2, 3]
+        with pytest.raises(TypeError, match="not valid marshal data"):
+            proxy.batch("pyro_compute.tasks:increment", b"\xff\x00garbage")
