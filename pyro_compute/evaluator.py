@@ -131,7 +131,7 @@ class Evaluator:
         """
         fn = self._task(task) if code is None else self._resolver.load(_bytes(code))
         over_marshal = Pyro4.current_context.serializer_id == MARSHAL_ID
-        if isinstance(args, bytes):
+        if isinstance(args, bytes) or (isinstance(args, dict) and "encoding" in args):  # serpent bytes
             if not over_marshal:
                 raise TypeError("packed args (bytes) are accepted only over the marshal serializer")
             args = _unpack(args)
