@@ -207,7 +207,7 @@ def _run_all(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]
     return results, errors
 
 
-def _unpack(data: bytes) -> Any:
+def _unpack(data: Any) -> Any:
     """marshal-packed args: the same trust as Pyro4's marshal serializer, which sent them."""
     try:
         return marshal.loads(data)
