@@ -69,9 +69,10 @@ class LocalCluster:
         self._count = 0
         self._finalizer = weakref.finalize(self, _terminate, self.workers, self._ns_procs)
         try:
-            self.start_nameserver()
+            self.start_nameserver(wait=False)  # workers import and warm up meanwhile
             for _ in range(self.n_workers):
                 self.start_worker(wait=False)
+            self._wait_for_nameserver()
             self.wait_for_workers(self.n_workers)
             log.info("local cluster up: name server %s, %d workers", self.ns, self.n_workers)
         except BaseException:
@@ -83,18 +84,25 @@ class LocalCluster:
         """The name server address as HOST:PORT."""
         return self.settings.ns
 
-    def start_nameserver(self) -> None:
-        """Start (or restart) the name server on the cluster's port and wait until it answers."""
+    def start_nameserver(self, wait: bool = True) -> None:
+        """Start (or restart) the name server on the cluster's port; wait until it answers."""
         host, port = self.settings.ns_address
         env = {"PYRO_HMAC_KEY": self.settings.hmac_key, "PYRO_SERIALIZERS_ACCEPTED": "serpent",
                "PYRO_MAX_MESSAGE_SIZE": str(self.settings.max_message_size)}
         self.nameserver = self._spawn("nameserver", [sys.executable, "-m", "Pyro4.naming", "-n", host,
                                                      "-p", str(port), "-x"], env)
         self._ns_procs.append(self.nameserver)
+        if wait:
+            self._wait_for_nameserver()
+
+    def _wait_for_nameserver(self) -> None:
+        assert self.nameserver is not None
+        host, port = self.settings.ns_address
         deadline = time.monotonic() + self.startup_timeout
         while True:
             try:
-                Pyro4.locateNS(host, port, hmac_key=self.settings.hmac_bytes).ping()
+                with Pyro4.locateNS(host, port, hmac_key=self.settings.hmac_bytes) as ns:
+                    ns.ping()
                 return
             except Pyro4.errors.PyroError:
                 self._check_alive(self.nameserver, "the name server")

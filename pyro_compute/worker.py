@@ -23,6 +23,7 @@ from .wire import register_wire
 
 log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 10.0  # seconds a new connection has to authenticate
+STARTUP_RETRY = 0.1  # seconds between registration attempts until the first succeeds
 
 
 def configure_pyro(settings: Settings) -> None:
@@ -83,7 +84,6 @@ class Worker:
 
     def serve(self) -> None:
         """Register, then serve until ``stop()``; unregister and close on the way out."""
-        self._register()
         self._registrar.start()
         log.info("worker %s serving at %s", self.name, self.uri)
         try:
@@ -107,18 +107,21 @@ class Worker:
         else:
             log.warning("worker %s stops with a batch still running; its pool will retry it", self.name)
 
-    def _register(self) -> bool:
+    def _register(self, quiet: bool = False) -> bool:
         try:
             with locate_ns(self.settings) as ns:
                 ns.register(self.name, self.uri, metadata=self.metadata)
             return True
         except Pyro4.errors.PyroError as e:
-            log.warning("cannot register %s with the name server at %s: %s", self.name,
-                        self.settings.ns, e)
+            log.log(logging.DEBUG if quiet else logging.WARNING, "cannot register %s with the name "
+                    "server at %s: %s", self.name, self.settings.ns, e)
             return False
 
     def _keep_registered(self) -> None:
-        """Check the registration now and then; register again after a name server restart."""
+        """Register (retrying quickly until the name server is up), then check now and then."""
+        while not self._register(quiet=True):
+            if self._stop.wait(STARTUP_RETRY):
+                return
         while not self._stop.wait(self.settings.discovery_interval):
             if self._registered() is False and self._register():
                 log.info("registered %s again", self.name)
