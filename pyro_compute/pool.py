@@ -2,7 +2,7 @@
 
 Data flow::
 
-    submit/map ──► _Chunk (task ref, argument tuples, seeds, Future)
+    submit/map ──► Chunk (task ref, argument tuples, seeds, Future)
                      │  Feeder thread per map call: reads the input lazily,
                      │  sizes chunks from measured task times, bounds chunks in flight
                      ▼
@@ -16,26 +16,24 @@ Data flow::
 """
 from __future__ import annotations
 
-import builtins
 import collections
 import concurrent.futures
 import functools
 import itertools
 import logging
 import marshal
-import queue
-import sys
 import threading
 import time
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar, cast
 
-import numpy as np
 import Pyro4
 import Pyro4.errors
 from tqdm.auto import tqdm
 
+from .chunk import Chunk, items, with_remote_cause
 from .config import NAME_PREFIX, Settings
-from .errors import ComputeError, RemoteError, RemoteTraceback, WorkerUnavailableError
+from .errors import WorkerUnavailableError
+from .feeder import Feeder
 from .references import by_value_needed, reference_of
 from .wire import from_serpent, is_plain, plain_rows, register_wire
 
@@ -47,68 +45,6 @@ TARGET_SECONDS = 0.02  # work carried by one RMI call once task times are known
 MAX_CHUNK = 4096
 CHUNKS_PER_SLOT = 4    # chunks in flight per dispatcher for streaming map calls
 PROBE_TIMEOUT = 2.0    # seconds a worker that hung up has to prove it is alive
-
-
-class _Chunk:
-    """Consecutive tasks that travel in one RMI call; ``future`` resolves once for all of them."""
-
-    __slots__ = ("task", "code", "args", "kwargs", "seeds", "future", "single", "tried")
-
-    def __init__(self, task: tuple[str, bytes | None], args: list[tuple[Any, ...]],
-                 kwargs: dict[str, Any] | None, seeds: list[int] | None, single: bool) -> None:
-        (self.task, self.code), self.args, self.kwargs, self.seeds = task, args, kwargs, seeds
-        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self.single = single
-        self.tried: list[str] = []
-
-    def resolve(self, results: list[Any], errors: list[list[Any]]) -> None:
-        """Fill the future: a single task's value or exception, else ``(results, errors)``."""
-        if not self.single:
-            self.future.set_result((results, errors))
-        elif errors:
-            self.future.set_exception(rebuild_error(errors[0]))
-        else:
-            self.future.set_result(results[0])
-
-
-def rebuild_error(entry: Sequence[Any]) -> BaseException:
-    """Recreate a task's remote exception from ``[index, module, type, args, traceback]``.
-
-    The type is looked up among builtins and modules already imported here, never imported;
-    anything else becomes a RemoteError. ``__cause__`` carries the remote traceback.
-    """
-    _, module, qualname, args, tb = entry
-    cls: Any = builtins if module == "builtins" else sys.modules.get(module)
-    for part in str(qualname).split("."):
-        cls = getattr(cls, part, None)
-    exc: BaseException
-    try:
-        if not (isinstance(cls, type) and issubclass(cls, Exception)):
-            raise TypeError
-        exc = cls(*args)
-    except Exception:  # any constructor that cannot take its own args back
-        exc = RemoteError(f"{module}.{qualname}: {', '.join(map(str, args))}")
-    exc.__cause__ = RemoteTraceback(tb)
-    return exc
-
-
-def _with_remote_cause(exc: BaseException) -> BaseException:
-    tb = getattr(exc, "_pyroTraceback", None)
-    if tb:
-        exc.__cause__ = RemoteTraceback("".join(tb))
-    return exc
-
-
-def _items(results: list[Any], errors: list[list[Any]]) -> Iterator[Any]:
-    """Yield a chunk's results in order, raising the first task error where it stands."""
-    if not errors:
-        yield from results
-        return
-    failed = {e[0]: e for e in errors}
-    for i, value in enumerate(results):
-        if i in failed:
-            raise rebuild_error(failed[i])
-        yield value
 
 
 class _Link:
@@ -150,15 +86,14 @@ class Pool(concurrent.futures.Executor):
         self._calls = itertools.count()
         self._cond = threading.Condition()
         self._closed = threading.Event()  # wakes the discovery thread on shutdown
-        self._pending: collections.deque[_Chunk] = collections.deque()
+        self._pending: collections.deque[Chunk] = collections.deque()
         self._links: dict[str, _Link] = {}
         self._dead_uris: set[str] = set()
         self._per_item: dict[str, float] = {}
         self._busy = 0
         self._shutdown = False
         self._no_worker_since: float | None = None
-        self._ns_names = self._scan()  # fail fast on a wrong address
-        self._update_links(self._ns_names)
+        self._update_links(self._scan())  # fails fast on a wrong address
         self._discovery = threading.Thread(target=self._discover, name="pool-discovery", daemon=True)
         self._discovery.start()
 
@@ -174,7 +109,7 @@ class Pool(concurrent.futures.Executor):
             RuntimeError: the pool was shut down.
             TypeError: fn cannot be sent by reference.
         """
-        chunk = _Chunk(self._task_of(fn), [args], kwargs or None, None, single=True)
+        chunk = Chunk(self._task_of(fn), [args], kwargs or None, None, single=True)
         self._enqueue([chunk])
         return chunk.future
 
@@ -253,7 +188,7 @@ class Pool(concurrent.futures.Executor):
             code = self._code[fn] = cloudpickle.dumps(fn)
         return f"by-value:{getattr(fn, '__qualname__', fn)}", code
 
-    def _enqueue(self, chunks: list[_Chunk]) -> None:
+    def _enqueue(self, chunks: list[Chunk]) -> None:
         with self._cond:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new tasks after the pool was shut down")
@@ -273,7 +208,7 @@ class Pool(concurrent.futures.Executor):
         self._per_item[task] = sample if old is None else 0.7 * old + 0.3 * sample
 
     def _feed(self, fn: Callable[..., Any] | str, iterables: Sequence[Iterable[Any]],
-              chunksize: int | None, seed: int | None, ordered: bool) -> _Feeder:
+              chunksize: int | None, seed: int | None, ordered: bool) -> Feeder:
         if not iterables:
             raise TypeError("map needs at least one iterable of arguments")
         if chunksize is not None and chunksize < 1:
@@ -287,11 +222,14 @@ class Pool(concurrent.futures.Executor):
             cap = max(1, total // (CHUNKS_PER_SLOT * SLOTS * max(1, len(self.workers))))
         except TypeError:
             cap = MAX_CHUNK
-        feeder = _Feeder(self, self._task_of(fn), zip(*iterables), chunksize, seed, key, ordered, cap)
+        task = self._task_of(fn)
+        feeder = Feeder(task, zip(*iterables), size=lambda: chunksize or self._chunk_size(task[0], cap),
+                        submit=lambda chunk: self._enqueue([chunk]), seed=seed, key=key, ordered=ordered,
+                        in_flight=max(8, CHUNKS_PER_SLOT * SLOTS * len(self.workers)))
         feeder.start()
         return feeder
 
-    def _results(self, feeder: _Feeder, timeout: float | None, progress: bool) -> Iterator[Any]:
+    def _results(self, feeder: Feeder, timeout: float | None, progress: bool) -> Iterator[Any]:
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = tqdm(disable=not progress, unit="task", dynamic_ncols=True)
         try:
@@ -300,12 +238,12 @@ class Pool(concurrent.futures.Executor):
                 results, errors = chunk.future.result(remaining)
                 feeder.release()
                 bar.update(len(results))
-                yield from _items(results, errors)
+                yield from items(results, errors)
         finally:
             feeder.stop()
             bar.close()
 
-    def _next_chunk(self, link: _Link) -> _Chunk | None:
+    def _next_chunk(self, link: _Link) -> Chunk | None:
         """Block until there is work for ``link``; None when it should stop."""
         with self._cond:
             while True:
@@ -322,7 +260,7 @@ class Pool(concurrent.futures.Executor):
                     continue
                 self._cond.wait()
 
-    def _finished(self, chunk: _Chunk, link: _Link, lost: BaseException | None) -> None:
+    def _finished(self, chunk: Chunk, link: _Link, lost: BaseException | None) -> None:
         """Account for a chunk; requeue it in front if its worker was lost."""
         with self._cond:
             self._busy -= 1
@@ -368,7 +306,7 @@ class Pool(concurrent.futures.Executor):
         proxy._pyroTimeout = self.settings.call_timeout
         return proxy
 
-    def _call(self, proxy: Pyro4.Proxy, chunk: _Chunk, link: _Link, packed: bool) -> BaseException | None:
+    def _call(self, proxy: Pyro4.Proxy, chunk: Chunk, link: _Link, packed: bool) -> BaseException | None:
         """Run one chunk; return the communication error if the worker was lost."""
         try:
             args = marshal.dumps(chunk.args) if packed else chunk.args
@@ -390,7 +328,7 @@ class Pool(concurrent.futures.Executor):
         except Pyro4.errors.CommunicationError as e:
             return cast(BaseException, e)
         except Exception as e:  # the Evaluator rejected the whole call: the caller's error
-            chunk.future.set_exception(_with_remote_cause(e))
+            chunk.future.set_exception(with_remote_cause(e))
         else:
             self._record(chunk.task, reply["seconds"], len(chunk.args))
             chunk.resolve(reply["results"], reply["errors"])
@@ -467,90 +405,3 @@ class Pool(concurrent.futures.Executor):
                 if chunk.future.running() or chunk.future.set_running_or_notify_cancel():
                     chunk.future.set_exception(error)
             self._cond.notify_all()
-
-
-class _Feeder(threading.Thread):
-    """Reads one map call's input lazily into chunks, keeping a bounded number in flight."""
-
-    def __init__(self, pool: Pool, task: tuple[str, bytes | None], args: Iterator[tuple[Any, ...]],
-                 chunksize: int | None, seed: int | None, key: tuple[int, ...], ordered: bool,
-                 cap: int) -> None:
-        super().__init__(name=f"feeder-{task[0]}", daemon=True)
-        self.pool, self.task, self.args = pool, task, args
-        self.chunksize, self.seed, self.key, self.ordered, self.cap = chunksize, seed, key, ordered, cap
-        self.slots = threading.Semaphore(max(8, CHUNKS_PER_SLOT * SLOTS * len(pool.workers)))
-        self.out: queue.SimpleQueue[_Chunk | None] = queue.SimpleQueue()
-        self.live: set[_Chunk] = set()  # submitted, not yet consumed: what stop() cancels
-        self.live_lock = threading.Lock()
-        self.submitted = 0
-        self.error: BaseException | None = None
-        self.done = False
-        self.stopped = False
-
-    def run(self) -> None:
-        index = 0
-        try:
-            while not self.stopped:
-                size = self.chunksize or self.pool._chunk_size(self.task[0], self.cap)
-                args = list(itertools.islice(self.args, size))
-                if not args:
-                    break
-                seeds = None if self.seed is None else _child_seeds(self.seed, self.key, index, len(args))
-                index += len(args)
-                chunk = _Chunk(self.task, args, None, seeds, single=False)
-                self.slots.acquire()
-                if self.stopped:
-                    break
-                if self.ordered:
-                    self.out.put(chunk)
-                else:
-                    chunk.future.add_done_callback(functools.partial(self._completed, chunk))
-                with self.live_lock:
-                    self.live.add(chunk)
-                self.submitted += 1
-                self.pool._enqueue([chunk])
-        except BaseException as e:  # the caller's iterable raised: report it in order
-            self.error = e
-        finally:
-            self.done = True
-            self.out.put(None)
-
-    def _completed(self, chunk: _Chunk, _: concurrent.futures.Future[Any]) -> None:
-        self.out.put(chunk)
-
-    def chunks(self, deadline: float | None) -> Iterator[_Chunk]:
-        """Chunks in submission order (ordered) or completion order; re-raise an input error."""
-        consumed = 0
-        while True:
-            if self.done and consumed == self.submitted:
-                break
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                chunk = self.out.get(timeout=remaining)
-            except queue.Empty:
-                raise concurrent.futures.TimeoutError("map timed out waiting for results") from None
-            if chunk is not None:
-                consumed += 1
-                with self.live_lock:
-                    self.live.discard(chunk)
-                yield chunk
-        if self.error is not None:
-            raise self.error
-
-    def release(self) -> None:
-        """One chunk was consumed: let the feeder put another in flight."""
-        self.slots.release()
-
-    def stop(self) -> None:
-        """Stop reading input and cancel chunks no worker has started."""
-        self.stopped = True
-        self.slots.release()
-        with self.live_lock:
-            for chunk in self.live:
-                chunk.future.cancel()
-
-
-def _child_seeds(seed: int, key: tuple[int, ...], start: int, count: int) -> list[int]:
-    """Seeds of tasks ``start .. start+count-1``: child ``i`` of ``SeedSequence(seed)``."""
-    return [int(np.random.SeedSequence(seed, spawn_key=(*key, i)).generate_state(1, np.uint64)[0])
-            for i in range(start, start + count)]

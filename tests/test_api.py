@@ -12,3 +12,11 @@ def test_all_lists_the_public_names() -> None:
 def test_futures_module_offers_scoops_api() -> None:
     for name in ("map", "map_as_completed", "mapReduce", "submit", "as_completed", "wait", "shutdown"):
         assert callable(getattr(futures, name)), name
+
+
+def test_clients_do_not_import_numba() -> None:
+    import subprocess
+    import sys
+    code = "import sys, pyro_compute, pyro_compute.futures; print('numba' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr

@@ -1,0 +1,79 @@
+"""A chunk: consecutive tasks that travel in one RMI call, and how its outcome is unpacked."""
+from __future__ import annotations
+
+import builtins
+import concurrent.futures
+import sys
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from .errors import RemoteError, RemoteTraceback
+
+
+class Chunk:
+    """Consecutive tasks that travel in one RMI call; ``future`` resolves once for all of them."""
+
+    __slots__ = ("task", "code", "args", "kwargs", "seeds", "future", "single", "tried")
+
+    def __init__(self, task: tuple[str, bytes | None], args: list[tuple[Any, ...]],
+                 kwargs: dict[str, Any] | None, seeds: list[int] | None, single: bool) -> None:
+        (self.task, self.code), self.args, self.kwargs, self.seeds = task, args, kwargs, seeds
+        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.single = single
+        self.tried: list[str] = []
+
+    def resolve(self, results: list[Any], errors: list[list[Any]]) -> None:
+        """Fill the future: a single task's value or exception, else ``(results, errors)``."""
+        if not self.single:
+            self.future.set_result((results, errors))
+        elif errors:
+            self.future.set_exception(rebuild_error(errors[0]))
+        else:
+            self.future.set_result(results[0])
+
+
+def rebuild_error(entry: Sequence[Any]) -> BaseException:
+    """Recreate a task's remote exception from ``[index, module, type, args, traceback]``.
+
+    The type is looked up among builtins and modules already imported here, never imported;
+    anything else becomes a RemoteError. ``__cause__`` carries the remote traceback.
+    """
+    _, module, qualname, args, tb = entry
+    cls: Any = builtins if module == "builtins" else sys.modules.get(module)
+    for part in str(qualname).split("."):
+        cls = getattr(cls, part, None)
+    exc: BaseException
+    try:
+        if not (isinstance(cls, type) and issubclass(cls, Exception)):
+            raise TypeError
+        exc = cls(*args)
+    except Exception:  # any constructor that cannot take its own args back
+        exc = RemoteError(f"{module}.{qualname}: {', '.join(map(str, args))}")
+    exc.__cause__ = RemoteTraceback(tb)
+    return exc
+
+
+def with_remote_cause(exc: BaseException) -> BaseException:
+    tb = getattr(exc, "_pyroTraceback", None)
+    if tb:
+        exc.__cause__ = RemoteTraceback("".join(tb))
+    return exc
+
+
+def items(results: list[Any], errors: list[list[Any]]) -> Iterator[Any]:
+    """Yield a chunk's results in order, raising the first task error where it stands."""
+    if not errors:
+        yield from results
+        return
+    failed = {e[0]: e for e in errors}
+    for i, value in enumerate(results):
+        if i in failed:
+            raise rebuild_error(failed[i])
+        yield value
+
+
+def child_seeds(seed: int, key: tuple[int, ...], start: int, count: int) -> list[int]:
+    """Seeds of tasks ``start .. start+count-1``: child ``i`` of ``SeedSequence(seed)``."""
+    return [int(np.random.SeedSequence(seed, spawn_key=(*key, i)).generate_state(1, np.uint64)[0])
+            for i in range(start, start + count)]

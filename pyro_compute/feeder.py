@@ -1,0 +1,101 @@
+"""Feeder: reads one map call's input lazily into chunks, with a bounded number in flight."""
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import itertools
+import queue
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+from .chunk import Chunk, child_seeds
+
+
+class Feeder(threading.Thread):
+    """Reads one map call's input lazily into chunks, keeping a bounded number in flight."""
+
+    def __init__(self, task: tuple[str, bytes | None], args: Iterator[tuple[Any, ...]], *,
+                 size: Callable[[], int], submit: Callable[[Chunk], None], in_flight: int,
+                 seed: int | None, key: tuple[int, ...], ordered: bool) -> None:
+        """Args:
+            task: the chunks' task reference and by-value code.
+            args: argument tuples, read lazily.
+            size: how many tasks the next chunk should carry.
+            submit: hands a chunk to the pool.
+            in_flight: most chunks submitted but not yet consumed.
+            seed, key: task i gets child ``(*key, i)`` of ``SeedSequence(seed)``; no seeds if None.
+            ordered: yield chunks in input order (else in completion order).
+        """
+        super().__init__(name=f"feeder-{task[0]}", daemon=True)
+        self.task, self.args, self.size, self.submit = task, args, size, submit
+        self.seed, self.key, self.ordered = seed, key, ordered
+        self.slots = threading.Semaphore(in_flight)
+        self.out: queue.SimpleQueue[Chunk | None] = queue.SimpleQueue()
+        self.live: set[Chunk] = set()  # submitted, not yet consumed: what stop() cancels
+        self.live_lock = threading.Lock()
+        self.submitted = 0
+        self.error: BaseException | None = None
+        self.done = False
+        self.stopped = False
+
+    def run(self) -> None:
+        index = 0
+        try:
+            while not self.stopped:
+                args = list(itertools.islice(self.args, self.size()))
+                if not args:
+                    break
+                seeds = None if self.seed is None else child_seeds(self.seed, self.key, index, len(args))
+                index += len(args)
+                chunk = Chunk(self.task, args, None, seeds, single=False)
+                self.slots.acquire()
+                if self.stopped:
+                    break
+                if self.ordered:
+                    self.out.put(chunk)
+                else:
+                    chunk.future.add_done_callback(functools.partial(self._completed, chunk))
+                with self.live_lock:
+                    self.live.add(chunk)
+                self.submitted += 1
+                self.submit(chunk)
+        except BaseException as e:  # the caller's iterable raised: report it in order
+            self.error = e
+        finally:
+            self.done = True
+            self.out.put(None)
+
+    def _completed(self, chunk: Chunk, _: concurrent.futures.Future[Any]) -> None:
+        self.out.put(chunk)
+
+    def chunks(self, deadline: float | None) -> Iterator[Chunk]:
+        """Chunks in submission order (ordered) or completion order; re-raise an input error."""
+        consumed = 0
+        while True:
+            if self.done and consumed == self.submitted:
+                break
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                chunk = self.out.get(timeout=remaining)
+            except queue.Empty:
+                raise concurrent.futures.TimeoutError("map timed out waiting for results") from None
+            if chunk is not None:
+                consumed += 1
+                with self.live_lock:
+                    self.live.discard(chunk)
+                yield chunk
+        if self.error is not None:
+            raise self.error
+
+    def release(self) -> None:
+        """One chunk was consumed: let the feeder put another in flight."""
+        self.slots.release()
+
+    def stop(self) -> None:
+        """Stop reading input and cancel chunks no worker has started."""
+        self.stopped = True
+        self.slots.release()
+        with self.live_lock:
+            for chunk in self.live:
+                chunk.future.cancel()
