@@ -16,19 +16,20 @@ class Feeder(threading.Thread):
     """Reads one map call's input lazily into chunks, keeping a bounded number in flight."""
 
     def __init__(self, task: tuple[str, bytes | None], args: Iterator[tuple[Any, ...]], *,
-                 size: Callable[[], int], submit: Callable[[Chunk], None], in_flight: int,
+                 total: int | None, size: Callable[[int | None], int], submit: Callable[[Chunk], None], in_flight: int,
                  seed: int | None, key: tuple[int, ...], ordered: bool) -> None:
         """Args:
             task: the chunks' task reference and by-value code.
             args: argument tuples, read lazily.
-            size: how many tasks the next chunk should carry.
+            total: how many tuples ``args`` holds, if known.
+            size: how many tasks the next chunk should carry, given how many remain (if known).
             submit: hands a chunk to the pool.
             in_flight: most chunks submitted but not yet consumed.
             seed, key: task i gets child ``(*key, i)`` of ``SeedSequence(seed)``; no seeds if None.
             ordered: yield chunks in input order (else in completion order).
         """
         super().__init__(name=f"feeder-{task[0]}", daemon=True)
-        self.task, self.args, self.size, self.submit = task, args, size, submit
+        self.task, self.args, self.total, self.size, self.submit = task, args, total, size, submit
         self.seed, self.key, self.ordered = seed, key, ordered
         self.slots = threading.Semaphore(in_flight)
         self.out: queue.SimpleQueue[Chunk | None] = queue.SimpleQueue()
@@ -43,7 +44,8 @@ class Feeder(threading.Thread):
         index = 0
         try:
             while not self.stopped:
-                args = list(itertools.islice(self.args, self.size()))
+                remaining = None if self.total is None else self.total - index
+                args = list(itertools.islice(self.args, self.size(remaining)))
                 if not args:
                     break
                 seeds = None if self.seed is None else child_seeds(self.seed, self.key, index, len(args))

@@ -5,7 +5,7 @@ import dataclasses
 import itertools
 import math
 import time
-from typing import Generator, Iterator
+from typing import Generator, Iterable, Iterator
 
 from tqdm.auto import tqdm
 
@@ -60,8 +60,11 @@ def estimate_pi(pool: Pool, samples: int, seed: int, tol: float | None = None,
         raise ValueError(f"samples must be at least 1, not {samples}")
     if tol is not None and not tol > 0:
         raise ValueError(f"tol must be a positive number, not {tol}")
-    def plan() -> Iterator[int]:
-        return task_sizes(samples) if tol is None else itertools.chain(task_sizes(samples), task_sizes(None))
+    def plan() -> Iterable[int]:
+        # A list when the count is fixed: the pool then knows the length and shrinks the last chunks.
+        if tol is None:
+            return list(task_sizes(samples))
+        return itertools.chain(task_sizes(samples), task_sizes(None))
 
     started = time.perf_counter()
     hits = done = 0

@@ -195,12 +195,19 @@ class Pool(concurrent.futures.Executor):
             self._pending.extend(chunks)
             self._cond.notify(len(chunks))
 
-    def _chunk_size(self, task: str, cap: int) -> int:
-        """Tasks per call: TARGET_SECONDS of measured work, at most ``cap``; 1 while unmeasured."""
+    def _chunk_size(self, task: str, remaining: int | None) -> int:
+        """Tasks per call: TARGET_SECONDS of measured work; 1 while unmeasured.
+
+        With a known number of ``remaining`` tasks, chunks shrink towards the end (guided
+        scheduling) so that no worker is left with a long chunk while the others idle.
+        """
         per_item = self._per_item.get(task)
         if per_item is None:
             return 1
-        return max(1, min(cap, MAX_CHUNK, int(TARGET_SECONDS / max(per_item, 1e-9))))
+        size = min(MAX_CHUNK, int(TARGET_SECONDS / max(per_item, 1e-9)))
+        if remaining is not None:
+            size = min(size, -(-remaining // (2 * SLOTS * max(1, len(self.workers)))))
+        return max(1, size)
 
     def _record(self, task: str, seconds: float, items: int) -> None:
         sample = seconds / items
@@ -217,13 +224,12 @@ class Pool(concurrent.futures.Executor):
         if seed is None and self.seed is not None:
             seed, key = self.seed, (next(self._calls),)
         try:
-            # A known length caps chunks so that every dispatcher gets several of them.
-            total = min(len(it) for it in iterables)  # type: ignore[arg-type]
-            cap = max(1, total // (CHUNKS_PER_SLOT * SLOTS * max(1, len(self.workers))))
+            total: int | None = min(len(it) for it in iterables)  # type: ignore[arg-type]
         except TypeError:
-            cap = MAX_CHUNK
+            total = None
         task = self._task_of(fn)
-        feeder = Feeder(task, zip(*iterables), size=lambda: chunksize or self._chunk_size(task[0], cap),
+        feeder = Feeder(task, zip(*iterables), total=total,
+                        size=lambda remaining: chunksize or self._chunk_size(task[0], remaining),
                         submit=lambda chunk: self._enqueue([chunk]), seed=seed, key=key, ordered=ordered,
                         in_flight=max(8, CHUNKS_PER_SLOT * SLOTS * len(self.workers)))
         feeder.start()
