@@ -26,7 +26,7 @@ from hypothesis.extra import numpy as hnp
 import raw_pyro
 from pyro_compute import kernels
 from pyro_compute.cluster import LocalCluster
-from pyro_compute.wire import from_serpent, register_wire
+from pyro_compute.wire import from_serpent, is_plain, register_wire
 
 CALL_TIMEOUT = 30.0
 FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "150")), deadline=None, database=None,
@@ -96,8 +96,12 @@ def answered(call: Any) -> Any:
 
 
 def results(reply: dict[str, Any]) -> list[Any]:
-    """A batch reply's results; under marshal, results marshal would mangle come serpent-encoded."""
-    return from_serpent(reply["serpent"]) if "serpent" in reply else reply["results"]  # type: ignore[no-any-return]
+    """A batch reply's results; over marshal they come packed, or serpent-encoded (numpy values)."""
+    if "packed" in reply:
+        return marshal.loads(reply["packed"])  # type: ignore[no-any-return]
+    if "serpent" in reply:
+        return from_serpent(reply["serpent"])  # type: ignore[no-any-return]
+    return reply["results"]  # type: ignore[no-any-return]
 
 
 # -- strategies --------------------------------------------------------------------------------
@@ -191,7 +195,10 @@ def batch_calls(draw: Any, junk: bool) -> tuple[Any, ...]:
     if not junk:
         return (task, items, None, seeds)
     task = draw(st.one_of(st.just(task), st.text(max_size=30), VALUES))
-    items = draw(st.one_of(st.just(items), st.lists(item | VALUES, max_size=4), VALUES))
+    packed = st.builds(marshal.dumps, st.lists(st.lists(PLAIN, max_size=3), max_size=4))
+    mutated = st.builds(lambda b, i, x: b[:i % (len(b) or 1)] + bytes([x]) + b[i % (len(b) or 1) + 1:],
+                        packed, st.integers(0, 200), st.integers(0, 255))
+    items = draw(st.one_of(st.just(items), st.lists(item | VALUES, max_size=4), VALUES, packed, mutated))
     n = len(items) if isinstance(items, (list, tuple)) else 0
     kwargs = draw(st.none() | KWARGS | VALUES)
     seeds = draw(st.just(seeds) | st.lists(INTS | VALUES, min_size=n, max_size=n) | VALUES)
@@ -227,13 +234,20 @@ def test_batch_with_random_arguments(target: Target, junk: bool) -> None:
     proxies = {s: target.proxy(s) for s in ("serpent", "marshal")}
 
     @FUZZ
-    @given(call=batch_calls(junk), kwargs=st.none() | KWARGS if junk else st.none(), serializer=SERIALIZERS)
-    def run(call: tuple[Any, ...], kwargs: dict[Any, Any] | None, serializer: str) -> None:
+    @given(call=batch_calls(junk), kwargs=st.none() | KWARGS if junk else st.none(), serializer=SERIALIZERS,
+           pack=st.booleans())
+    def run(call: tuple[Any, ...], kwargs: dict[Any, Any] | None, serializer: str, pack: bool) -> None:
+        n = len(call[1]) if len(call) > 1 and isinstance(call[1], (list, tuple)) else 0
+        if pack and serializer == "marshal" and n and is_plain(call[1]):  # as a Pool sends plain rows
+            call = (call[0], marshal.dumps(call[1]), *call[2:])
         reply = answered(lambda: proxies[serializer]._pyroInvoke("batch", call, kwargs or {}))
         if not junk:
             assert isinstance(reply, dict), reply  # only items may fail, never the whole call
         if isinstance(reply, dict):
-            n = len(call[1] if len(call) > 1 else (kwargs or {})["args"])
+            if len(call) < 2:
+                n = len((kwargs or {})["args"])
+            elif isinstance(call[1], bytes):
+                n = len(marshal.loads(call[1]))
             assert len(results(reply)) == n
             assert all(isinstance(e, list) and len(e) == 5 and 0 <= e[0] < n for e in reply["errors"])
 
