@@ -87,8 +87,10 @@ class LocalCluster:
     def start_nameserver(self, wait: bool = True) -> None:
         """Start (or restart) the name server on the cluster's port; wait until it answers."""
         host, port = self.settings.ns_address
+        # Name-server clients connect once per use, so a socket timeout costs them nothing and
+        # keeps idle strangers from holding its threads for good.
         env = {"PYRO_HMAC_KEY": self.settings.hmac_key, "PYRO_SERIALIZERS_ACCEPTED": "serpent",
-               "PYRO_MAX_MESSAGE_SIZE": str(self.settings.max_message_size)}
+               "PYRO_MAX_MESSAGE_SIZE": str(self.settings.max_message_size), "PYRO_COMMTIMEOUT": "10"}
         self.nameserver = self._spawn("nameserver", [sys.executable, "-m", "Pyro4.naming", "-n", host,
                                                      "-p", str(port), "-x"], env)
         self._ns_procs.append(self.nameserver)

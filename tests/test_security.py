@@ -600,9 +600,9 @@ WORKER_BURST_REASON = (
     "next connection's handshake: a burst of 65 idle TCP connections locks clients out for up to "
     "10 s, and a stranger who keeps reconnecting keeps them out")
 NAME_SERVER_REASON = (
-    "pyro4-ns, as LocalCluster and nameserver/run-ns start it, keeps Pyro4's defaults: 40 server "
-    "threads and no COMMTIMEOUT, so 41 idle TCP connections lock every worker and client out of "
-    "the name server until they close (locateNS, which has no timeout, then hangs)")
+    "pyro4-ns has Pyro4's 40 server threads; LocalCluster and nameserver/run-ns give it "
+    "PYRO_COMMTIMEOUT=10, so a burst of 41 idle TCP connections locks every worker and client out "
+    "of the name server for up to 10 s, and a stranger who keeps reconnecting keeps them out")
 
 
 def idle_connections(address: tuple[str, int], count: int) -> list[socket.socket]:
