@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 import functools
 import itertools
 import logging
@@ -78,7 +79,7 @@ class Pool(concurrent.futures.Executor):
     def __init__(self, ns: str | None = None, *, cluster: Any = None, settings: Settings | None = None,
                  seed: int | None = None, by_value: bool = False) -> None:
         base = settings or (cluster.settings if cluster is not None else Settings.from_env())
-        self.settings = Settings.from_env({}, **{**vars(base), "ns": ns or base.ns})
+        self.settings = dataclasses.replace(base, ns=ns or base.ns)
         register_wire()
         self.seed = seed
         self.by_value = by_value
