@@ -145,6 +145,8 @@ class Evaluator:
             started = time.perf_counter()
             results, errors = _run_all(fn, args, kwargs or {}, seeds)
             seconds = time.perf_counter() - started
+        if not plain_values(results):
+            _drop_unsendable(results, errors)
         # Kernel methods record their own work; count only what they could not see.
         if ":" in task or code is not None:
             self._record(len(args), 0, seconds)
@@ -205,6 +207,45 @@ def _run_all(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]
             errors.append([i, kind.__module__, kind.__qualname__, _plain_args(e),
                            "".join(traceback.format_exception(e))])
     return results, errors
+
+
+_KEY_TYPES = (str, int, bool)
+
+
+def _unsendable(value: Any, depth: int = 0) -> str | None:
+    """Why serpent cannot carry ``value`` there and back (a dict key it cannot rebuild), or None."""
+    if depth > 64:
+        return None  # serpent itself reports structures this deep
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not _good_key(key):
+                return f"dict key {key!r} of type {type(key).__name__}"
+            why = _unsendable(item, depth + 1)
+            if why:
+                return why
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        for item in value:
+            why = _unsendable(item, depth + 1)
+            if why:
+                return why
+    return None
+
+
+def _good_key(key: Any) -> bool:
+    if type(key) in _KEY_TYPES or (type(key) is float and key == key):
+        return True
+    return type(key) is tuple and all(_good_key(k) for k in key)
+
+
+def _drop_unsendable(results: list[Any], errors: list[list[Any]]) -> None:
+    """Turn results the wire cannot carry into those tasks' errors, so the rest still arrive."""
+    for i, value in enumerate(results):
+        why = _unsendable(value)
+        if why:
+            results[i] = None
+            errors.append([i, "builtins", "TypeError",
+                           [f"the result of task {i} cannot be sent back: {why}; use str, int, "
+                            "float or tuple keys"], ""])
 
 
 def _unpack(data: Any) -> Any:

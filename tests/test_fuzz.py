@@ -330,11 +330,6 @@ def test_numbers_round_trip_exactly(target: Target) -> None:
     target.assert_unharmed()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Evaluator.batch sends all results in one reply, so a result that serpent cannot write (a dict "
-    "keyed by None) or cannot read back (keyed by NaN, bytes or a numpy scalar, as from np.unique) "
-    "fails the whole call with a TypeError that names no item (the unreadable kinds only in the "
-    "client, while reading the reply): a Pool map loses every task of that chunk"))
 @pytest.mark.parametrize("key", [None, math.nan, np.int64(1)], ids=["None", "nan", "int64"])
 def test_a_result_the_wire_cannot_carry_fails_only_its_own_item(target: Target, key: Any) -> None:
     with target.proxy() as p:
