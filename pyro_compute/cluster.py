@@ -67,7 +67,7 @@ class LocalCluster:
         self.workers: list[subprocess.Popen[bytes]] = []
         self._ns_procs: list[subprocess.Popen[bytes]] = []
         self._count = 0
-        self._finalizer = weakref.finalize(self, _terminate, self.workers, self._ns_procs)
+        self._finalizer = weakref.finalize(self, terminate, self.workers, self._ns_procs)
         try:
             self.start_nameserver(wait=False)  # workers import and warm up meanwhile
             for _ in range(self.n_workers):
@@ -187,7 +187,7 @@ class LocalCluster:
         raise ClusterError(f"{what} exited with status {proc.returncode} while starting:\n{tail}")
 
 
-def _terminate(workers: list[subprocess.Popen[bytes]], nameservers: list[subprocess.Popen[bytes]],
+def terminate(workers: list[subprocess.Popen[bytes]], nameservers: list[subprocess.Popen[bytes]],
                timeout: float = 10.0) -> None:
     """Workers first (so they can unregister), then name servers; kill stragglers."""
     for group in (workers, nameservers):

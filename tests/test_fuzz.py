@@ -7,6 +7,7 @@ FUZZ_RANDOM=1`` to search further.
 """
 from __future__ import annotations
 
+import contextlib
 import marshal
 import math
 import os
@@ -210,8 +211,19 @@ def batch_calls(draw: Any, junk: bool) -> tuple[Any, ...]:
 
 # -- calls through a proxy -----------------------------------------------------------------------
 
-def test_kernels_with_random_arguments(target: Target) -> None:
+@contextlib.contextmanager
+def both_proxies(target: Target) -> Iterator[dict[str, Any]]:
+    """A serpent and a marshal proxy to the target; released, then the worker checked unharmed."""
     proxies = {s: target.proxy(s) for s in ("serpent", "marshal")}
+    try:
+        yield proxies
+    finally:
+        for p in proxies.values():
+            p._pyroRelease()
+    target.assert_unharmed()
+
+
+def test_kernels_with_random_arguments(target: Target) -> None:
 
     @FUZZ
     @given(call=kernel_calls(), serializer=SERIALIZERS)
@@ -221,17 +233,12 @@ def test_kernels_with_random_arguments(target: Target) -> None:
         if method == "pi_hits" and not isinstance(reply, Exception):
             assert type(reply) is int and reply >= 0
 
-    try:
+    with both_proxies(target) as proxies:
         run()
-    finally:
-        for p in proxies.values():
-            p._pyroRelease()
-    target.assert_unharmed()
 
 
 @pytest.mark.parametrize("junk", [False, True], ids=["pool-like", "junk"])
 def test_batch_with_random_arguments(target: Target, junk: bool) -> None:
-    proxies = {s: target.proxy(s) for s in ("serpent", "marshal")}
 
     @FUZZ
     @given(call=batch_calls(junk), kwargs=st.none() | KWARGS if junk else st.none(), serializer=SERIALIZERS,
@@ -251,12 +258,8 @@ def test_batch_with_random_arguments(target: Target, junk: bool) -> None:
             assert len(results(reply)) == n
             assert all(isinstance(e, list) and len(e) == 5 and 0 <= e[0] < n for e in reply["errors"])
 
-    try:
+    with both_proxies(target) as proxies:
         run()
-    finally:
-        for p in proxies.values():
-            p._pyroRelease()
-    target.assert_unharmed()
 
 
 PLAIN = st.recursive(st.none() | st.booleans() | st.integers(-2**200, 2**200)
@@ -267,7 +270,6 @@ PLAIN = st.recursive(st.none() | st.booleans() | st.integers(-2**200, 2**200)
 
 def test_plain_values_round_trip_exactly(target: Target) -> None:
     """What the Pool sends (JSON-like data, huge ints included) comes back equal, both serializers."""
-    proxies = {s: target.proxy(s) for s in ("serpent", "marshal")}
 
     @FUZZ
     @given(values=st.lists(PLAIN, min_size=1, max_size=5), serializer=SERIALIZERS)
@@ -276,12 +278,8 @@ def test_plain_values_round_trip_exactly(target: Target) -> None:
         assert reply["errors"] == []
         assert results(reply) == values
 
-    try:
+    with both_proxies(target) as proxies:
         run()
-    finally:
-        for p in proxies.values():
-            p._pyroRelease()
-    target.assert_unharmed()
 
 
 def same(a: Any, b: Any) -> bool:
@@ -311,7 +309,6 @@ NUMBERS_CALLS = (st.tuples(st.just("serpent"), st.lists(NUMERIC, min_size=1, max
 
 def test_numbers_round_trip_exactly(target: Target) -> None:
     """Python and numpy numbers, NaN and infinities included, come back as they went, both serializers."""
-    proxies = {s: target.proxy(s) for s in ("serpent", "marshal")}
 
     @FUZZ
     @given(call=NUMBERS_CALLS)
@@ -322,12 +319,8 @@ def test_numbers_round_trip_exactly(target: Target) -> None:
         back = results(reply)
         assert same(back, values), (back, values)
 
-    try:
+    with both_proxies(target) as proxies:
         run()
-    finally:
-        for p in proxies.values():
-            p._pyroRelease()
-    target.assert_unharmed()
 
 
 @pytest.mark.parametrize("key", [None, math.nan, np.int64(1)], ids=["None", "nan", "int64"])

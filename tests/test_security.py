@@ -12,7 +12,6 @@ import operator
 import os
 import pickle
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -30,7 +29,7 @@ import pytest
 import raw_pyro
 import remote_tasks
 from pyro_compute import Pool, kernels
-from pyro_compute.cluster import LocalCluster, free_port
+from pyro_compute.cluster import LocalCluster, free_port, terminate
 from pyro_compute.config import NAME_PREFIX, Settings
 from pyro_compute.errors import KernelError
 from pyro_compute.wire import register_wire
@@ -537,14 +536,7 @@ class TlsCluster:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def close(self) -> None:
-        for proc in reversed(self.procs):  # the worker first, so it can unregister
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        terminate(self.procs[1:], self.procs[:1])  # the worker first, so it can unregister
 
 
 @pytest.fixture

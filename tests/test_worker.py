@@ -23,7 +23,7 @@ import Pyro4.errors
 import pytest
 
 from pyro_compute import __version__, kernels
-from pyro_compute.cluster import LocalCluster, free_port
+from pyro_compute.cluster import LocalCluster, free_port, terminate
 from pyro_compute.config import NAME_PREFIX
 from pyro_compute.errors import KernelError
 from pyro_compute.wire import register_wire
@@ -145,16 +145,7 @@ class Processes:
                          for p in sorted(self.logs.glob("*.log")))
 
     def close(self) -> None:
-        for group in (self.workers, [self.nameserver] if self.nameserver else []):
-            for proc in group:
-                if proc.poll() is None:
-                    proc.terminate()
-            for proc in group:
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=10)
+        terminate(self.workers, [self.nameserver] if self.nameserver else [])
 
 
 @pytest.fixture
