@@ -1,13 +1,16 @@
 """Fuzzing a real worker through a real Pyro4 proxy and a raw socket: it answers and lives.
 
 Every call made here must come back with a value or with an error the worker sent; none may
-hang, close the connection on a well-formed call, or kill the worker. Hypothesis runs a fixed
+hang, close the connection on a well-formed call, or kill the worker. Kernel calls are also judged:
+bad input may fail only with the documented TypeError or KernelError, and good input must return
+what the kernel returns when run in this process. Hypothesis runs a fixed
 set of examples (``derandomize``) so that CI is repeatable; run with ``FUZZ_EXAMPLES=5000
 FUZZ_RANDOM=1`` to search further.
 """
 from __future__ import annotations
 
 import contextlib
+import inspect
 import marshal
 import math
 import os
@@ -25,7 +28,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import raw_pyro
-from pyro_compute import kernels
+from pyro_compute import KernelError, kernels
 from pyro_compute.cluster import LocalCluster
 from pyro_compute.wire import from_serpent, is_plain, register_wire
 
@@ -135,6 +138,9 @@ KWARGS = st.dictionaries(st.sampled_from(["samples", "seed", "lower", "upper", "
                                           "task", "args", "kwargs", "seeds"]) | st.text(max_size=10),
                          VALUES, max_size=4)
 SERIALIZERS = st.sampled_from(["serpent", "marshal"])
+# Values an integer check must refuse although they behave like small integers.
+NEAR_INTS = (st.booleans() | st.builds(np.bool_, st.booleans()) | st.sampled_from([1.0, 0.0, 3.0])
+             | st.integers(0, 5).map(str))
 KERNEL_PARAMS = {"pi_hits": ("samples", "seed"),
                  "integrate": ("integrand", "samples", "seed", "lower", "upper", "dims")}
 
@@ -142,13 +148,14 @@ KERNEL_PARAMS = {"pi_hits": ("samples", "seed"),
 @st.composite
 def kernel_arguments(draw: Any, method: str) -> tuple[list[Any], dict[Any, Any]]:
     """Arguments for a kernel: mostly valid, some out of range, some of any type, some extra."""
-    dims = draw(st.integers(1, 8) | st.integers(-3, 70) | VALUES)
+    dims = draw(st.integers(1, 8) | st.integers(-3, 70) | NEAR_INTS | VALUES)
     d = dims if type(dims) is int and 1 <= dims <= 64 else 1
     finite = st.floats(-1e6, 1e6) | st.integers(-10, 10)
     bound = st.one_of(finite, finite, st.lists(finite, min_size=d, max_size=d),
                       st.lists(FLOATS, min_size=d, max_size=d), FLOATS, VALUES)
-    value = {"samples": st.one_of(st.integers(0, 10**5), st.integers(0, 10**5), st.integers(-3, 10**5), HUGE, VALUES),
-             "seed": st.one_of(st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1), INTS, VALUES),
+    value = {"samples": st.one_of(st.integers(0, 10**5), st.integers(0, 10**5), st.integers(-3, 10**5), HUGE,
+                                  NEAR_INTS, VALUES),
+             "seed": st.one_of(st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1), INTS, NEAR_INTS, VALUES),
              "integrand": st.one_of(st.sampled_from(kernels.INTEGRANDS), st.sampled_from(kernels.INTEGRANDS),
                                     st.sampled_from(kernels.INTEGRANDS), st.text(max_size=10), VALUES),
              "lower": bound, "upper": bound, "dims": st.just(dims)}
@@ -223,6 +230,137 @@ def both_proxies(target: Target) -> Iterator[dict[str, Any]]:
     target.assert_unharmed()
 
 
+# -- judging kernel answers ----------------------------------------------------------------------
+# The Evaluator's documented contract: bad input raises TypeError or KernelError, nothing else;
+# good input returns what the kernel returns when run here. The oracle below restates the
+# contract from the docstrings (it does not call the Evaluator's own checks).
+
+DOCUMENTED = (TypeError, KernelError)
+DOCUMENTED_NAMES = {("builtins", "TypeError"), ("pyro_compute.errors", "KernelError")}
+
+
+def _pi_hits_signature(samples, seed=0): ...  # noqa: E704
+def _integrate_signature(integrand, samples, seed=0, lower=0.0, upper=1.0, dims=1): ...  # noqa: E704
+
+
+SIGNATURES = {"pi_hits": inspect.signature(_pi_hits_signature),
+              "integrate": inspect.signature(_integrate_signature)}
+BAD, UNSURE = "bad", "unsure"  # the input must fail; the input may fail (documented) or succeed
+
+
+def _integer(value: Any, low: int, high: int) -> int | str:
+    """The value as an int if it is an integer in [low, high]; BAD otherwise."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        return BAD
+    return int(value) if low <= value <= high else BAD
+
+
+def _real(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _box(value: Any, dims: int) -> np.ndarray | str:
+    """A bound as the documented "a number or a list of dims numbers"; UNSURE for anything else."""
+    if _real(value):
+        value = [value] * dims
+    if isinstance(value, (list, tuple)) and len(value) == dims and all(_real(v) for v in value):
+        try:
+            return np.array([float(v) for v in value])
+        except OverflowError:
+            return UNSURE
+    return UNSURE
+
+
+def expected(method: str, args: list[Any], kwargs: dict[Any, Any]) -> Any:
+    """What the worker must answer: the local kernel's value, BAD (must raise) or UNSURE."""
+    try:
+        bound = SIGNATURES[method].bind(*args, **kwargs)
+    except TypeError:
+        return BAD
+    bound.apply_defaults()
+    a = bound.arguments
+    samples, seed = _integer(a["samples"], 0, 2**40), _integer(a["seed"], 0, 2**64 - 1)
+    if method == "pi_hits":
+        return BAD if BAD in (samples, seed) else kernels.pi_hits(samples, np.uint64(seed))
+    dims = _integer(a["dims"], 1, 64)
+    if (BAD in (samples, seed, dims) or not isinstance(a["integrand"], str)
+            or a["integrand"] not in kernels.INTEGRANDS):
+        return BAD
+    lo, hi = _box(a["lower"], dims), _box(a["upper"], dims)
+    if isinstance(lo, str) or isinstance(hi, str):
+        return UNSURE
+    with np.errstate(over="ignore", invalid="ignore"):
+        if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi)) and np.all(hi > lo)
+                and np.isfinite(np.prod(hi - lo))):
+            return BAD
+    n, total, total_sq = kernels.integrate(kernels.INTEGRANDS.index(a["integrand"]), samples,
+                                           np.uint64(seed), lo, hi)
+    return {"n": int(n), "sum": float(total), "sumsq": float(total_sq)}
+
+
+def judge(method: str, args: list[Any], kwargs: dict[Any, Any], reply: Any, exact: bool) -> None:
+    """Fail unless ``reply`` is a documented exception for bad input or the local kernel's answer.
+
+    ``exact``: the worker received the arguments as they are here (serpent, or plain data over
+    marshal); otherwise only the exception type is judged.
+    """
+    if isinstance(reply, Exception):
+        assert isinstance(reply, DOCUMENTED), f"{method}{tuple(args)!r:.200} {kwargs!r:.200}: " \
+            f"undocumented {type(reply).__module__}.{type(reply).__qualname__}: {reply}"
+    if not exact:
+        return
+    want = expected(method, args, kwargs)
+    if isinstance(want, str):
+        assert want == UNSURE or isinstance(reply, Exception), \
+            f"{method}{tuple(args)!r:.200} {kwargs!r:.200} is bad input but returned {reply!r:.200}"
+        return
+    assert not isinstance(reply, Exception), f"good input {method}{tuple(args)!r:.200} {kwargs!r:.200} raised {reply!r}"
+    assert type(reply) is type(want) and same_kernel_value(reply, want), (reply, want)
+
+
+def same_kernel_value(a: Any, b: Any) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(repr(a[k]) == repr(b[k]) for k in a)
+    return bool(a == b)
+
+
+@st.composite
+def good_kernel_calls(draw: Any) -> tuple[str, list[Any], dict[Any, Any]]:
+    """Valid kernel calls only (ints of any integer type, bounds as numbers or lists), split at random."""
+    def integer(low: int, high: int) -> Any:
+        return draw(st.integers(low, high).flatmap(lambda v: st.sampled_from(
+            [v] + [t(v) for t in (np.int64, np.uint64) if np.iinfo(t).min <= v <= np.iinfo(t).max])))
+    method = draw(st.sampled_from(sorted(KERNEL_PARAMS)))
+    if method == "pi_hits":
+        values = [integer(0, 10**5), integer(0, 2**64 - 1)]
+    else:
+        dims = draw(st.integers(1, 6))
+        finite = st.floats(-1e3, 1e3) | st.integers(-1000, 1000)
+        lower = draw(st.lists(finite, min_size=dims, max_size=dims))
+        widths = draw(st.lists(st.floats(1e-3, 1e3) | st.integers(1, 100), min_size=dims, max_size=dims))
+        upper = [float(lo) + w for lo, w in zip(lower, widths)]
+        if draw(st.booleans()) and len(set(map(float, lower))) == 1 and len(set(upper)) == 1:
+            lower, upper = lower[0], upper[0]  # the same bound for every dimension, as a number
+        values = [draw(st.sampled_from(kernels.INTEGRANDS)), integer(0, 20_000), integer(0, 2**64 - 1),
+                  lower, upper, dims]
+    names = KERNEL_PARAMS[method]
+    positional = draw(st.integers(1 if method == "pi_hits" else 2, len(names)))
+    return method, values[:positional], dict(zip(names[positional:], values[positional:]))
+
+
+def test_good_kernel_calls_answer_what_the_kernel_answers_here(target: Target) -> None:
+    @FUZZ
+    @given(call=good_kernel_calls())
+    def run(call: tuple[str, list[Any], dict[Any, Any]]) -> None:
+        method, args, kwargs = call
+        assert not isinstance(expected(method, args, kwargs), str), call  # the oracle agrees it is good
+        judge(method, args, kwargs, answered(lambda: proxy._pyroInvoke(method, tuple(args), kwargs)), exact=True)
+
+    with both_proxies(target) as proxies:
+        proxy = proxies["serpent"]  # numpy integers keep their type only over serpent
+        run()
+
+
 def test_kernels_with_random_arguments(target: Target) -> None:
 
     @FUZZ
@@ -230,11 +368,29 @@ def test_kernels_with_random_arguments(target: Target) -> None:
     def run(call: tuple[str, list[Any], dict[Any, Any]], serializer: str) -> None:
         method, args, kwargs = call
         reply = answered(lambda: proxies[serializer]._pyroInvoke(method, tuple(args), kwargs))
+        exact = serializer == "serpent" or (is_plain(args) and is_plain(kwargs))
+        judge(method, args, kwargs, reply, exact)
         if method == "pi_hits" and not isinstance(reply, Exception):
             assert type(reply) is int and reply >= 0
 
     with both_proxies(target) as proxies:
         run()
+
+
+def judge_batch(method: str, items: list[Any], seeds: list[int] | None, reply: dict[str, Any], exact: bool) -> None:
+    """Judge every item of a kernel batch as if called alone (``seeds[i]`` as keyword ``seed``)."""
+    failed = {e[0]: e for e in reply["errors"]}
+    for i, (item, value) in enumerate(zip(items, results(reply))):
+        kwargs = {} if seeds is None else {"seed": seeds[i]}
+        if i in failed:
+            _, module, qualname, args, _ = failed[i]
+            assert (module, qualname) in DOCUMENTED_NAMES, f"{method}{tuple(item)!r:.200}: undocumented " \
+                f"{module}.{qualname}{tuple(args)!r:.200}"
+            reply_i: Any = TypeError(*args) if qualname == "TypeError" else KernelError(*args)
+        else:
+            reply_i = value
+        judge(method, list(item) if isinstance(item, (list, tuple)) else [item], kwargs, reply_i,
+              exact and isinstance(item, (list, tuple)))
 
 
 @pytest.mark.parametrize("junk", [False, True], ids=["pool-like", "junk"])
@@ -257,6 +413,10 @@ def test_batch_with_random_arguments(target: Target, junk: bool) -> None:
                 n = len(marshal.loads(call[1]))
             assert len(results(reply)) == n
             assert all(isinstance(e, list) and len(e) == 5 and 0 <= e[0] < n for e in reply["errors"])
+        if not junk and call[0] in KERNEL_PARAMS:
+            exact = serializer == "serpent" or is_plain(call[1])
+            judge_batch(call[0], marshal.loads(call[1]) if isinstance(call[1], bytes) else call[1],
+                        call[3], reply, exact)
 
     with both_proxies(target) as proxies:
         run()
