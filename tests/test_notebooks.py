@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nbclient  # in the [test] extras: a missing one is an error, not a skip
+import nbformat
 import pytest
-
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "clients" / "notebooks").glob("*.ipynb"))
 
