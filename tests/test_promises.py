@@ -152,7 +152,7 @@ def test_max_retries_2_means_two_workers() -> None:
             pool.submit(remote_tasks.crash).result(timeout=T)
         message = str(info.value)
         tried = {n for n in names if n in message}
-        assert "2 workers" in message and len(tried) == 2, message
+        assert len(tried) == 2, f"the error should name the two workers that were tried: {message}"
         deadline = time.monotonic() + 10
         while sum(w.poll() is not None for w in c.workers) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
