@@ -50,16 +50,17 @@ def pool(cluster: LocalCluster) -> Pool:
         yield p
 
 
-def ahead_while_pausing(pool: Pool, chunksize: int, pauses: int = 4, between: int = 60,
+def ahead_while_pausing(pool: Pool, method: str, chunksize: int, pauses: int = 4, between: int = 60,
                         pause: float = 0.4) -> list[int]:
     """Consume a map over an endless input with pauses; how far ahead the input was after each."""
     source = Counted()
-    results = pool.map(operator.neg, source, chunksize=chunksize, timeout=T)
+    results = getattr(pool, method)(operator.neg, source, chunksize=chunksize, timeout=T)
     consumed, ahead = 0, []
     try:
         for _ in range(pauses):
             for _ in range(between):
-                assert next(results) == -consumed
+                value = next(results)
+                assert value == -consumed if method == "map" else value <= 0
                 consumed += 1
             time.sleep(pause)  # a feeder without a bound keeps reading while the consumer sleeps
             ahead.append(source.pulled - consumed)
@@ -68,13 +69,14 @@ def ahead_while_pausing(pool: Pool, chunksize: int, pauses: int = 4, between: in
     return ahead
 
 
-@pytest.mark.parametrize("chunksize", [1, 5])
-def test_map_reads_an_endless_generator_at_most_a_window_ahead(pool: Pool, chunksize: int) -> None:
-    ahead = ahead_while_pausing(pool, chunksize)
+@pytest.mark.parametrize("method,chunksize", [("map", 1), ("map", 5), ("map_as_completed", 1)])
+def test_map_reads_an_endless_generator_at_most_a_window_ahead(pool: Pool, method: str, chunksize: int) -> None:
+    ahead = ahead_while_pausing(pool, method, chunksize)
     assert max(ahead) <= WINDOW_CHUNKS * chunksize, f"input read ahead of the consumer by {ahead}"
 
 
-def test_inputs_are_dropped_once_their_results_were_consumed(pool: Pool) -> None:
+@pytest.mark.parametrize("method", ["map", "map_as_completed"])
+def test_inputs_are_dropped_once_their_results_were_consumed(pool: Pool, method: str) -> None:
     """Weak references to the inputs: only the window's worth may be alive after consuming many."""
     refs: list[weakref.ref[np.ndarray]] = []
 
@@ -84,7 +86,7 @@ def test_inputs_are_dropped_once_their_results_were_consumed(pool: Pool) -> None
             refs.append(weakref.ref(a))
             yield a
 
-    results = pool.map(len, arrays(), chunksize=1, timeout=T)
+    results = getattr(pool, method)(len, arrays(), chunksize=1, timeout=T)
     try:
         assert list(itertools.islice(results, 600)) == [64] * 600
         gc.collect()
