@@ -122,8 +122,9 @@ NUMPY_SCALARS = st.one_of(
     st.builds(np.float32, st.floats(width=32) | SPECIAL), st.builds(np.bool_, st.booleans()),
     st.builds(np.complex128, COMPLEX),
     st.builds(np.complex64, st.complex_numbers(width=64) | st.builds(complex, SPECIAL, SPECIAL)))
-NUMPY_ARRAYS = hnp.arrays(st.sampled_from([np.float64, np.float32, np.int64, np.int32, np.uint8, np.bool_,
-                                           np.complex128, np.dtype(">f8")]),
+ARRAY_DTYPES: list[Any] = [np.float64, np.float32, np.int64, np.int32, np.uint8, np.bool_, np.complex128,
+                           np.dtype(">f8")]
+NUMPY_ARRAYS: st.SearchStrategy[Any] = hnp.arrays(st.sampled_from(ARRAY_DTYPES),
                           hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4))
 LEAVES = (st.none() | st.booleans() | INTS | FLOATS | st.text(max_size=30) | st.binary(max_size=30)
           | COMPLEX | NUMPY_SCALARS | NUMPY_ARRAYS)
@@ -239,8 +240,9 @@ DOCUMENTED = (TypeError, KernelError)
 DOCUMENTED_NAMES = {("builtins", "TypeError"), ("pyro_compute.errors", "KernelError")}
 
 
-def _pi_hits_signature(samples, seed=0): ...  # noqa: E704
-def _integrate_signature(integrand, samples, seed=0, lower=0.0, upper=1.0, dims=1): ...  # noqa: E704
+def _pi_hits_signature(samples: Any, seed: Any = 0) -> None: ...  # noqa: E704
+def _integrate_signature(integrand: Any, samples: Any, seed: Any = 0, lower: Any = 0.0, upper: Any = 1.0,  # noqa: E704
+                         dims: Any = 1) -> None: ...
 
 
 SIGNATURES = {"pi_hits": inspect.signature(_pi_hits_signature),
@@ -248,11 +250,11 @@ SIGNATURES = {"pi_hits": inspect.signature(_pi_hits_signature),
 BAD, UNSURE = "bad", "unsure"  # the input must fail; the input may fail (documented) or succeed
 
 
-def _integer(value: Any, low: int, high: int) -> int | str:
-    """The value as an int if it is an integer in [low, high]; BAD otherwise."""
+def _integer(value: Any, low: int, high: int) -> int | None:
+    """The value as an int if it is an integer in [low, high]; None otherwise."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        return BAD
-    return int(value) if low <= value <= high else BAD
+        return None
+    return int(value) if low <= value <= high else None
 
 
 def _real(value: Any) -> bool:
@@ -280,10 +282,12 @@ def expected(method: str, args: list[Any], kwargs: dict[Any, Any]) -> Any:
     bound.apply_defaults()
     a = bound.arguments
     samples, seed = _integer(a["samples"], 0, 2**40), _integer(a["seed"], 0, 2**64 - 1)
+    if samples is None or seed is None:
+        return BAD
     if method == "pi_hits":
-        return BAD if BAD in (samples, seed) else kernels.pi_hits(samples, np.uint64(seed))
+        return kernels.pi_hits(samples, np.uint64(seed))
     dims = _integer(a["dims"], 1, 64)
-    if (BAD in (samples, seed, dims) or not isinstance(a["integrand"], str)
+    if (dims is None or not isinstance(a["integrand"], str)
             or a["integrand"] not in kernels.INTEGRANDS):
         return BAD
     lo, hi = _box(a["lower"], dims), _box(a["upper"], dims)
@@ -510,7 +514,8 @@ def test_unknown_and_private_method_names(target: Target) -> None:
                 assert isinstance(reply, Exception), f"{method!r} returned {reply!r:.200}"
 
         run()
-        for attr, value in [("name", "hijacked"), ("_resolver", None), ("_stdlib", {})]:
+        hijacks: list[tuple[str, Any]] = [("name", "hijacked"), ("_resolver", None), ("_stdlib", {})]
+        for attr, value in hijacks:
             reply = answered(lambda: p._pyroInvoke("__setattr__", (attr, value), {}))
             assert isinstance(reply, AttributeError), reply
         assert p.info()["name"] == name_before

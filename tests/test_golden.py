@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -74,13 +75,13 @@ def _integrate(code: int, samples: int, seed: int, lower: list[float], upper: li
 
 
 @pytest.mark.parametrize("case", EXACT, ids=["ball-3d", "sum_squares-2d"])
-def test_integrate_stream_is_pinned_bit_for_bit(case: tuple) -> None:
+def test_integrate_stream_is_pinned_bit_for_bit(case: tuple[Any, ...]) -> None:
     code, samples, seed, lower, upper, n, total, total_sq = case
     assert _integrate(code, samples, seed, lower, upper) == (n, _float(total), _float(total_sq))
 
 
 @pytest.mark.parametrize("case", LIBM, ids=["gaussian-2d", "sin_product-1d"])
-def test_integrate_stream_is_pinned_to_an_ulp_or_so(case: tuple) -> None:
+def test_integrate_stream_is_pinned_to_an_ulp_or_so(case: tuple[Any, ...]) -> None:
     code, samples, seed, lower, upper, n, total, total_sq = case
     got = _integrate(code, samples, seed, lower, upper)
     assert got[0] == n
@@ -88,13 +89,13 @@ def test_integrate_stream_is_pinned_to_an_ulp_or_so(case: tuple) -> None:
 
 
 @pytest.fixture(scope="module")
-def pool(cluster: LocalCluster) -> Pool:
+def pool(cluster: LocalCluster) -> Iterator[Pool]:
     with Pool(cluster=cluster) as p:
         yield p
 
 
 def test_integrate_through_a_worker_is_pinned(pool: Pool) -> None:
-    reply = pool.submit("integrate", "gaussian", 100_000, seed=3, lower=0.0, upper=1.0, dims=2).result(timeout=T)
+    reply: dict[str, Any] = pool.submit("integrate", "gaussian", 100_000, seed=3, lower=0.0, upper=1.0, dims=2).result(timeout=T)
     assert reply["n"] == 100_000
     assert (reply["sum"], reply["sumsq"]) == pytest.approx(
         (_float("0x1.b42c9b5471b4fp+15"), _float("0x1.180d5af631d3ap+15")), rel=1e-12, abs=0)

@@ -45,7 +45,7 @@ class Counted:
 
 
 @pytest.fixture(scope="module")
-def pool(cluster: LocalCluster) -> Pool:
+def pool(cluster: LocalCluster) -> Iterator[Pool]:
     with Pool(cluster=cluster) as p:
         yield p
 
