@@ -34,6 +34,17 @@ def _count(text: str) -> int:
     return int(value)
 
 
+def _workers(text: str) -> int:
+    """Parse a worker count: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} workers: a cluster needs at least 1")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -48,7 +59,7 @@ def _add_cluster_options(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--ns", metavar="HOST:PORT",
                        help="use the workers registered in this name server (default: $PYRO_COMPUTE_NS)")
-    where.add_argument("-n", "--workers", type=int, metavar="N",
+    where.add_argument("-n", "--workers", type=_workers, metavar="N",
                        help="start an embedded local cluster of N workers (default: one per core)")
     p.add_argument("-v", "--verbose", action="store_true", help="log what happens")
 
