@@ -21,6 +21,7 @@ from .pool import Pool
 from .status import cluster_status
 
 COMMANDS = ("pi", "run", "status", "config")
+DEFAULT_SAMPLES = 10**9
 
 
 def _count(text: str) -> int:
@@ -75,10 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     pi = sub.add_parser("pi", help="estimate π with the Numba kernel across the workers",
                         description="Estimate π by hit counting, spread over the workers. The "
                                     "answer depends only on --samples, --seed and --tol.")
-    pi.add_argument("--samples", type=_count, default=10**9, help="points to draw, e.g. 4e9 (default 1e9)")
+    pi.add_argument("--samples", type=_count, help="points to draw, e.g. 4e9 (default 1e9); with --tol, "
+                                                   "the fewest to draw (default 1)")
     pi.add_argument("--seed", type=int, help="seed for the random streams (default: random, printed)")
     pi.add_argument("--tol", type=_positive_float, metavar="EPS",
-                    help="keep adding batches until the standard error is below EPS")
+                    help="keep drawing until the error (one standard error, Wilson score interval) "
+                         "is below EPS")
     pi.add_argument("--json", action="store_true", help="print one JSON object")
     _add_cluster_options(pi)
 
@@ -130,12 +133,14 @@ def _pool(args: argparse.Namespace, script: str | None = None) -> Iterator[Pool]
 
 def _cmd_pi(args: argparse.Namespace) -> int:
     seed = secrets.randbits(63) if args.seed is None else args.seed
+    samples = args.samples or (DEFAULT_SAMPLES if args.tol is None else 1)
     with _pool(args) as pool:
-        est = estimate_pi(pool, args.samples, seed, args.tol, progress=sys.stderr.isatty())
+        est = estimate_pi(pool, samples, seed, args.tol, progress=sys.stderr.isatty())
     if args.json:
         print(json.dumps({**dataclasses.asdict(est), "samples_per_second": est.samples_per_second}))
     else:
-        print(f"pi        {est.pi:.10f} ± {est.stderr:.2g} (standard error)\n"
+        print(f"pi        {est.pi:.10f} ± {est.stderr:.2g} (one standard error)\n"
+              f"interval  {est.low:.10f} .. {est.high:.10f} (Wilson score, z = 1)\n"
               f"samples   {est.samples:,}\nseed      {est.seed}\nworkers   {est.workers}\n"
               f"time      {est.seconds:.3f} s\nspeed     {est.samples_per_second / 1e9:.3f} G samples/s")
     return 0
