@@ -141,3 +141,28 @@ DEFAULT_SCALER = Scaler(10)  # a module-level instance: its state on a client ma
 def keywords(a: Any, b: Any = 0, *, c: Any = 0) -> list[Any]:
     """Return ``[a, b, c]``: shows how a partial's arguments and the call's were combined."""
     return [a, b, c]
+
+
+def odd_result(kind: str, x: Any = 0) -> Any:
+    """A result of the named kind, most of which the wire cannot carry; ``"plain"`` returns ``x``."""
+    makers = {
+        "plain": lambda: x,
+        "bytes": lambda: bytes(range(256)),
+        "numpy": lambda: np.float64(x),
+        "iterator": lambda: iter([x]),
+        "zip": lambda: zip([x], [x]),
+        "generator": lambda: (i for i in [x]),
+        "map": lambda: map(str, [x]),
+        "range": lambda: range(3),
+        "big_int": lambda: 10**5000 + int(x),
+        "nested_big_int": lambda: {"n": [10**5000]},
+        "object": lambda: object(),
+        "function": lambda: odd_result,
+        "set_of_iterators": lambda: [1, {"k": iter([])}],
+    }
+    return makers[kind]()
+
+
+def raise_with(value: Any) -> None:
+    """Raise ``ValueError(value)``: an error whose message holds whatever the caller sent."""
+    raise ValueError(value)
