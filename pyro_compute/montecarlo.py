@@ -18,6 +18,7 @@ from .pool import Pool
 
 TASK_SAMPLES = 1 << 25  # ~20 ms of kernel work: fine-grained enough to balance, coarse enough to hide RMI
 MIN_TASK_SAMPLES = 1 << 10
+CHUNK_SAMPLES = 1 << 20  # at least ~1 ms of kernel work per RMI call
 TASKS_PER_RUN = 64  # a run to tolerance takes 64-128 tasks, so it overshoots by < 1/64
 Z = 1.0  # the error reported is one standard error's worth of the Wilson interval
 _P_PLAN = math.pi / 4  # the hit rate, used only to plan task sizes
@@ -110,7 +111,12 @@ def estimate_pi(pool: Pool, samples: int, seed: int, tol: float | None = None,
     started = time.perf_counter()
     hits = done = 0
     bar = tqdm(total=samples, disable=not progress, unit="samples", unit_scale=True, dynamic_ncols=True)
-    results: Generator[int, None, None] = pool.map("pi_hits", plan(), seed=seed)  # type: ignore[assignment]
+    # An explicit chunk size: the pool's measured time per task is kept per kernel name, so tasks
+    # of another size (an earlier call) would make it send chunks of far too much work.
+    size = task_size(samples, tol) if tol is not None else TASK_SAMPLES
+    chunksize = max(1, CHUNK_SAMPLES // size)
+    results: Generator[int, None, None] = pool.map(  # type: ignore[assignment]
+        "pi_hits", plan(), seed=seed, chunksize=chunksize)
     try:
         for h, n in zip(results, plan()):
             hits += h

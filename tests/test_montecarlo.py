@@ -3,6 +3,7 @@ what the tolerance needs, and pinned (golden) answers that only a deliberate str
 from __future__ import annotations
 
 import math
+import time
 from typing import Iterator
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from pyro_compute import LocalCluster, Pool, estimate_pi, kernels
 from pyro_compute.montecarlo import pi_error, pi_interval, task_size
+from pyro_compute.status import cluster_status
 
 P = math.pi / 4  # the true hit rate
 
@@ -110,6 +112,23 @@ def test_run_to_tolerance_stops_within_10_percent_of_what_it_needs(pool: Pool, t
     size = task_size(1, tol)
     assert est.samples % size == 0
     assert (est.hits, est.samples) == run_locally(1, 1, tol)
+
+
+def computed(cluster: LocalCluster) -> int:
+    """Samples the cluster's workers have drawn since they started."""
+    return sum(r["samples"] for r in cluster_status(cluster.settings) if r["reachable"])
+
+
+def test_run_to_tolerance_does_not_compute_far_past_its_stop(cluster: LocalCluster, pool: Pool) -> None:
+    estimate_pi(pool, 1, seed=2, tol=1e-2)  # tiny tasks first: the pool measures them as fast
+    before = computed(cluster)
+    est = estimate_pi(pool, 1, seed=2, tol=1e-4)
+    deadline = time.monotonic() + 30
+    drawn, previous = -1, -2
+    while drawn != previous and time.monotonic() < deadline:  # tasks already sent finish after it returns
+        time.sleep(0.5)
+        previous, drawn = drawn, computed(cluster) - before
+    assert est.samples <= drawn < 2 * needed(1e-4), f"{drawn:.3g} samples drawn for {est.samples:.3g} used"
 
 
 def test_run_to_tolerance_draws_at_least_the_samples_asked_for(pool: Pool) -> None:
