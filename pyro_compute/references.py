@@ -71,15 +71,7 @@ def reference_of(fn: Callable[..., Any] | str) -> str:
 def _refusal(fn: Any) -> str | None:
     """Why ``fn`` cannot go by reference, or None if it can."""
     if isinstance(fn, functools.partial):
-        why = _refusal(fn.func)
-        if why:
-            return f"a partial of a function that cannot be sent by reference: {why}"
-        if not (_literal(list(fn.args)) and _literal(dict(fn.keywords))
-                and len(repr((fn.args, fn.keywords))) < MAX_OPTIONS):
-            return (f"{fn!r:.200} holds arguments that are not short plain literals (numbers, "
-                    "strings, bytes, None and lists, tuples or dicts of them), so it cannot be sent by "
-                    f"reference; pass them as map arguments, or {_BY_VALUE}")
-        return None
+        return _partial_refusal(fn)
     owner = getattr(fn, "__self__", None)
     if owner is not None and not isinstance(owner, (type, types.ModuleType)):
         return (f"{fn!r:.200} is a method bound to a {type(owner).__name__} object; a worker "
@@ -87,7 +79,7 @@ def _refusal(fn: Any) -> str | None:
                 "take your first argument as self. Call a module-level function that takes the "
                 f"object's data as arguments, or {_BY_VALUE}")
     module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
-    if isinstance(owner, type):
+    if isinstance(owner, type):  # a classmethod: named through the class it is bound to
         module, qualname = owner.__module__, f"{owner.__qualname__}.{getattr(fn, '__name__', '')}"
     if not callable(fn) or not isinstance(module, str) or not isinstance(qualname, str):
         return f"a task must be a kernel name or a module-level function, not {fn!r:.200}"
@@ -95,11 +87,24 @@ def _refusal(fn: Any) -> str | None:
         return (f"{qualname} cannot be sent by reference: workers import functions by module "
                 f"and name, so define it at the top level of a module or script, or {_BY_VALUE}")
     found = _walk(sys.modules.get(module), qualname)
-    if found is not _MISSING and not (found is fn or (owner is not None and found == fn)):
-        return (f"{module}:{qualname} names another object than {fn!r:.200} (a decorator that "
-                "does not keep the name, or a name bound again later), so a worker would run "
-                f"something else; give the function its own module-level name, or {_BY_VALUE}")
-    return None
+    if found is _MISSING or found is fn or (owner is not None and found == fn):
+        return None
+    return (f"{module}:{qualname} names {'nothing' if found is None else 'another object'} in "
+            f"{module}, not {fn!r:.200} (a decorator that does not keep the name, or a name bound "
+            "again later?), so a worker could not run it as it is; give the function its own "
+            f"module-level name, or {_BY_VALUE}")
+
+
+def _partial_refusal(fn: functools.partial[Any]) -> str | None:
+    """Why a partial cannot go by reference: its function cannot, or its arguments are no short literals."""
+    why = _refusal(fn.func)
+    if why:
+        return f"a partial of a function that cannot be sent by reference: {why}"
+    if _literal(list(fn.args)) and _literal(dict(fn.keywords)) and len(repr((fn.args, fn.keywords))) < MAX_OPTIONS:
+        return None
+    return (f"{fn!r:.200} holds arguments that are not short plain literals (numbers, strings, "
+            "bytes, None and lists, tuples or dicts of them), so it cannot be sent by reference; "
+            f"pass them as map arguments, or {_BY_VALUE}")
 
 
 _BY_VALUE = ("send it by value with Pool(by_value=True) (workers then need --allow-by-value "

@@ -178,3 +178,21 @@ def test_the_same_script_elsewhere_runs(script_cluster: tuple[LocalCluster, Path
     copy.write_bytes(a.read_bytes())
     assert run_client(cluster, copy) == "RESULT a1"
     assert run_client(cluster, a) == "RESULT a1"
+
+
+def test_a_name_bound_again_is_refused(pool: Pool) -> None:
+    namespace: dict[str, object] = {"__name__": "remote_tasks"}
+    exec("def square(x):\n    return -1\n", namespace)  # a second remote_tasks.square, not the module's
+    impostor = namespace["square"]
+    with pytest.raises(TypeError, match="names another object in remote_tasks"):
+        pool.submit(impostor, 3)  # type: ignore[arg-type]
+    assert pool.submit(remote_tasks.square, 3).result(timeout=T) == 9
+
+
+def test_a_function_of_an_interactive_session_is_not_sent_by_name() -> None:
+    code = ("from pyro_compute.references import reference_of\n"
+            "def f(x):\n    return x\n"
+            "try:\n    reference_of(f)\nexcept TypeError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env={
+        **{k: v for k, v in os.environ.items() if not k.startswith("PYRO")}, **ENV})
+    assert "interactive session" in out.stdout and "by_value=True" in out.stdout, out.stderr
