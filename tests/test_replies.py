@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import psutil
 import Pyro4
 import pytest
 
@@ -165,7 +166,6 @@ def growth(pid: int, pool: Pool, fn: Any, arg: Any) -> tuple[int, Any]:
     """How far the worker's peak RSS rose above its RSS while running ``fn(arg)``, and the outcome."""
     time.sleep(0.2)  # let the previous call's memory go back
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset the peak to the current RSS
-    import psutil
     before = psutil.Process(pid).memory_info().rss
     future = pool.submit(fn, arg)
     outcome = future.exception(timeout=300) or future.result(timeout=300)
