@@ -9,7 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -103,7 +103,7 @@ def test_a_partial_with_literal_arguments_runs_by_reference(pool: Pool) -> None:
                                      functools.partial(remote_tasks.add, {1, 2}),
                                      functools.partial(Scaler(2).scale)],
                          ids=["numpy", "nan", "set", "bound-method"])
-def test_a_partial_that_cannot_be_named_exactly_is_refused(pool: Pool, partial: functools.partial) -> None:
+def test_a_partial_that_cannot_be_named_exactly_is_refused(pool: Pool, partial: functools.partial[Any]) -> None:
     with pytest.raises(TypeError, match="by_value=True"):
         pool.submit(partial, 1)
 

@@ -43,7 +43,7 @@ def needed(tol: float) -> float:
 
 def child_seed(seed: int, i: int) -> np.uint64:
     """Task i's seed as the pool derives it: child i of SeedSequence(seed)."""
-    return np.random.SeedSequence(seed, spawn_key=(i,)).generate_state(1, np.uint64)[0]
+    return np.uint64(np.random.SeedSequence(seed, spawn_key=(i,)).generate_state(1, np.uint64)[0])
 
 
 def run_locally(samples: int, seed: int, tol: float) -> tuple[int, int]:

@@ -46,7 +46,7 @@ def call(cluster: LocalCluster, uri: str, serializer: str, *args: Any) -> dict[s
         reply["results"] = marshal.loads(reply["packed"])
     elif "serpent" in reply:
         reply["results"] = from_serpent(reply["serpent"])
-    return reply
+    return dict(reply)
 
 
 @pytest.mark.parametrize("serializer", ["serpent", "marshal"])
