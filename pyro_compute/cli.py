@@ -21,6 +21,7 @@ from .pool import Pool
 from .status import cluster_status
 
 COMMANDS = ("pi", "run", "status", "config")
+DEFAULT_SAMPLES = 10**9
 
 
 def _count(text: str) -> int:
@@ -32,6 +33,17 @@ def _count(text: str) -> int:
     if not value.is_integer() or value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be a whole number of at least 1")
     return int(value)
+
+
+def _workers(text: str) -> int:
+    """Parse a worker count: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} workers: a cluster needs at least 1")
+    return value
 
 
 def _positive_float(text: str) -> float:
@@ -48,7 +60,7 @@ def _add_cluster_options(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--ns", metavar="HOST:PORT",
                        help="use the workers registered in this name server (default: $PYRO_COMPUTE_NS)")
-    where.add_argument("-n", "--workers", type=int, metavar="N",
+    where.add_argument("-n", "--workers", type=_workers, metavar="N",
                        help="start an embedded local cluster of N workers (default: one per core)")
     p.add_argument("-v", "--verbose", action="store_true", help="log what happens")
 
@@ -64,10 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     pi = sub.add_parser("pi", help="estimate π with the Numba kernel across the workers",
                         description="Estimate π by hit counting, spread over the workers. The "
                                     "answer depends only on --samples, --seed and --tol.")
-    pi.add_argument("--samples", type=_count, default=10**9, help="points to draw, e.g. 4e9 (default 1e9)")
+    pi.add_argument("--samples", type=_count, help="points to draw, e.g. 4e9 (default 1e9); with --tol, "
+                                                   "the fewest to draw (default 1)")
     pi.add_argument("--seed", type=int, help="seed for the random streams (default: random, printed)")
     pi.add_argument("--tol", type=_positive_float, metavar="EPS",
-                    help="keep adding batches until the standard error is below EPS")
+                    help="keep drawing until the error (one standard error, Wilson score interval) "
+                         "is below EPS")
     pi.add_argument("--json", action="store_true", help="print one JSON object")
     _add_cluster_options(pi)
 
@@ -119,12 +133,14 @@ def _pool(args: argparse.Namespace, script: str | None = None) -> Iterator[Pool]
 
 def _cmd_pi(args: argparse.Namespace) -> int:
     seed = secrets.randbits(63) if args.seed is None else args.seed
+    samples = args.samples or (DEFAULT_SAMPLES if args.tol is None else 1)
     with _pool(args) as pool:
-        est = estimate_pi(pool, args.samples, seed, args.tol, progress=sys.stderr.isatty())
+        est = estimate_pi(pool, samples, seed, args.tol, progress=sys.stderr.isatty())
     if args.json:
         print(json.dumps({**dataclasses.asdict(est), "samples_per_second": est.samples_per_second}))
     else:
-        print(f"pi        {est.pi:.10f} ± {est.stderr:.2g} (standard error)\n"
+        print(f"pi        {est.pi:.10f} ± {est.stderr:.2g} (one standard error)\n"
+              f"interval  {est.low:.10f} .. {est.high:.10f} (Wilson score, z = 1)\n"
               f"samples   {est.samples:,}\nseed      {est.seed}\nworkers   {est.workers}\n"
               f"time      {est.seconds:.3f} s\nspeed     {est.samples_per_second / 1e9:.3f} G samples/s")
     return 0

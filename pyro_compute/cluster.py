@@ -44,6 +44,8 @@ class LocalCluster:
         by_value: let workers accept cloudpickled functions (``--allow-by-value``).
 
     Raises:
+        ValueError: n_workers is zero or negative.
+        TypeError: n_workers is not an integer.
         ClusterError: a child failed to start or did not register in time.
     """
 
@@ -51,9 +53,7 @@ class LocalCluster:
                  script: str | None = None, allow_modules: Sequence[str] = (),
                  env: dict[str, str] | None = None, startup_timeout: float = 60.0,
                  by_value: bool = False) -> None:
-        self.n_workers = n_workers or os.cpu_count() or 1
-        if self.n_workers < 1:
-            raise ClusterError(f"a cluster needs at least one worker, not {n_workers}")
+        self.n_workers = _worker_count(n_workers)
         self.settings = Settings.from_env(
             {}, ns=f"{LOCALHOST}:{free_port()}",
             hmac_key=secrets.token_hex(16) if hmac_key is None else hmac_key,
@@ -185,6 +185,18 @@ class LocalCluster:
         logs = sorted(Path(self._logdir.name).glob("*.log"))
         tail = "\n".join(p.read_text(errors="replace")[-2000:] for p in logs if p.stat().st_size)
         raise ClusterError(f"{what} exited with status {proc.returncode} while starting:\n{tail}")
+
+
+def _worker_count(n_workers: int | None) -> int:
+    """``n_workers`` checked, or one per core when None."""
+    if n_workers is None:
+        return os.cpu_count() or 1
+    if isinstance(n_workers, bool) or not isinstance(n_workers, int):
+        raise TypeError(f"n_workers must be an integer or None, not {type(n_workers).__name__}")
+    if n_workers < 1:
+        raise ValueError(f"a cluster needs at least one worker, not {n_workers}; pass a positive "
+                         "count, or None for one worker per core")
+    return n_workers
 
 
 def terminate(workers: list[subprocess.Popen[bytes]], nameservers: list[subprocess.Popen[bytes]],

@@ -7,7 +7,6 @@ import platform
 import socket
 import threading
 import time
-import traceback
 from typing import Any, Callable, Sequence
 
 import numba
@@ -18,7 +17,8 @@ import serpent
 from . import kernels
 from .errors import KernelError
 from .references import Resolver
-from .wire import plain_values, to_serpent
+from .replies import error_entry, fail_unsendable, marshal_plain, short_repr
+from .wire import to_serpent
 
 MAX_SAMPLES = 1 << 40
 MAX_DIMS = 64
@@ -30,9 +30,9 @@ MARSHAL_ID = Pyro4.util.MarshalSerializer.serializer_id
 def check_count(name: str, value: Any, maximum: int = MAX_SAMPLES, minimum: int = 0) -> int:
     """Return ``value`` as an int in [minimum, maximum] or raise a TypeError/KernelError naming it."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, not {type(value).__name__} {value!r:.80}")
+        raise TypeError(f"{name} must be an integer, not {type(value).__name__} {short_repr(value)}")
     if not minimum <= value <= maximum:
-        raise KernelError(f"{name} must be between {minimum} and {maximum}, not {value}")
+        raise KernelError(f"{name} must be between {minimum} and {maximum}, not {short_repr(value)}")
     return int(value)
 
 
@@ -45,15 +45,15 @@ def _bounds(name: str, value: Any, dims: int) -> np.ndarray:
     if isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_)):
         value = [value] * dims
     if not isinstance(value, (list, tuple, np.ndarray)) or len(value) != dims:
-        raise TypeError(f"{name} must be a number or a list of {dims} numbers, not {value!r:.80}")
+        raise TypeError(f"{name} must be a number or a list of {dims} numbers, not {short_repr(value)}")
     try:
         arr = np.array(value, dtype=np.float64)
     except (TypeError, ValueError):
-        raise TypeError(f"{name} must contain only numbers, not {value!r:.80}") from None
+        raise TypeError(f"{name} must contain only numbers, not {short_repr(value)}") from None
     if arr.shape != (dims,):  # nested lists would reach Numba and fail there with a TypingError
-        raise TypeError(f"{name} must be a number or a flat list of {dims} numbers, not {value!r:.80}")
+        raise TypeError(f"{name} must be a number or a flat list of {dims} numbers, not {short_repr(value)}")
     if not np.all(np.isfinite(arr)):
-        raise KernelError(f"{name} must be finite, not {value!r:.80}")
+        raise KernelError(f"{name} must be finite, not {short_repr(value)}")
     return arr
 
 
@@ -145,18 +145,13 @@ class Evaluator:
             started = time.perf_counter()
             results, errors = _run_all(fn, args, kwargs or {}, seeds)
             seconds = time.perf_counter() - started
-        if not plain_values(results):
-            _drop_unsendable(results, errors)
         # Kernel methods record their own work; count only what they could not see.
         if ":" in task or code is not None:
             self._record(len(args), 0, seconds)
+        reply = _reply(results, errors, seconds, over_marshal)
         with self._lock:
             self._errors += len(errors)
-        if not over_marshal:
-            return {"results": results, "errors": errors, "seconds": seconds}
-        if plain_values(results):
-            return {"packed": marshal.dumps(results), "errors": errors, "seconds": seconds}
-        return {"serpent": to_serpent(results), "errors": errors, "seconds": seconds}
+        return reply
 
     def info(self) -> dict[str, Any]:
         """Describe this worker: name, host, pid, cores, kernels and library versions."""
@@ -174,7 +169,7 @@ class Evaluator:
 
     def _task(self, task: Any) -> Callable[..., Any]:
         if not isinstance(task, str):
-            raise TypeError(f"task must be a kernel name or 'module:function' string, not {task!r:.80}")
+            raise TypeError(f"task must be a kernel name or 'module:function' string, not {short_repr(task)}")
         if ":" in task:
             return self._resolver.resolve(task)
         if task not in KERNELS:
@@ -203,49 +198,21 @@ def _run_all(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]
                 results.append(fn(*item, seed=seeds[i], **kwargs))
         except Exception as e:  # a task's failure belongs to that task, never to the worker
             results.append(None)
-            kind = type(e)
-            errors.append([i, kind.__module__, kind.__qualname__, _plain_args(e),
-                           "".join(traceback.format_exception(e))])
+            errors.append(error_entry(i, e))
     return results, errors
 
 
-_KEY_TYPES = (str, int, bool)
-
-
-def _unsendable(value: Any, depth: int = 0) -> str | None:
-    """Why serpent cannot carry ``value`` there and back (a dict key it cannot rebuild), or None."""
-    if depth > 64:
-        return None  # serpent itself reports structures this deep
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not _good_key(key):
-                return f"dict key {key!r} of type {type(key).__name__}"
-            why = _unsendable(item, depth + 1)
-            if why:
-                return why
-    elif isinstance(value, (list, tuple, set, frozenset)):
-        for item in value:
-            why = _unsendable(item, depth + 1)
-            if why:
-                return why
-    return None
-
-
-def _good_key(key: Any) -> bool:
-    if type(key) in _KEY_TYPES or (type(key) is float and key == key):
-        return True
-    return type(key) is tuple and all(_good_key(k) for k in key)
-
-
-def _drop_unsendable(results: list[Any], errors: list[list[Any]]) -> None:
-    """Turn results the wire cannot carry into those tasks' errors, so the rest still arrive."""
-    for i, value in enumerate(results):
-        why = _unsendable(value)
-        if why:
-            results[i] = None
-            errors.append([i, "builtins", "TypeError",
-                           [f"the result of task {i} cannot be sent back: {why}; use str, int, "
-                            "float or tuple keys"], ""])
+def _reply(results: list[Any], errors: list[list[Any]], seconds: float, over_marshal: bool) -> dict[str, Any]:
+    """The batch reply; results the wire cannot carry become their tasks' errors first."""
+    if over_marshal:
+        if not marshal_plain(results):  # one pass in the common case; a second only to find what fails
+            fail_unsendable(results, errors, serpent=False)
+        if marshal_plain(results):
+            return {"packed": marshal.dumps(results), "errors": errors, "seconds": seconds}
+    fail_unsendable(results, errors, serpent=True)
+    if over_marshal:
+        return {"serpent": to_serpent(results), "errors": errors, "seconds": seconds}
+    return {"results": results, "errors": errors, "seconds": seconds}
 
 
 def _unpack(data: Any) -> Any:
@@ -263,7 +230,3 @@ def _bytes(data: Any) -> bytes:
     if not isinstance(data, bytes):
         raise TypeError(f"code must be bytes, not {type(data).__name__}")
     return data
-
-
-def _plain_args(e: BaseException) -> list[Any]:
-    return [a if isinstance(a, (str, int, float, bool, type(None))) else repr(a) for a in e.args]

@@ -1,7 +1,9 @@
 """Functions sent by reference: how a client names one and which ones a worker may call."""
 from __future__ import annotations
 
+import ast
 import builtins
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -16,6 +18,8 @@ from typing import Any, Callable, Iterable
 from .errors import KernelError
 
 MAIN = "__main__"
+MAX_OPTIONS = 1 << 16  # characters of literal options a reference may carry (partial arguments)
+_SHA256 = "__pyro_compute_sha256__"  # the loaded script's hash, kept on its module
 SCRIPT_MODULE = "__pyro_compute_script__"
 PROJECT_MODULES = ("pyro_compute.tasks",)
 _OPERATOR_EXCLUDED = {"attrgetter", "itemgetter", "methodcaller", "call"}
@@ -25,32 +29,153 @@ _SAFE_BUILTINS = {"abs", "all", "any", "bool", "complex", "divmod", "float", "in
 
 
 def by_value_needed(fn: Callable[..., Any] | str) -> bool:
-    """True for functions no worker can import by name: lambdas, nested and interactive ones."""
+    """True for callables no worker can import by exact name: lambdas, nested and interactive
+    functions, functions of ``__main__``, methods bound to an object, partials of any of these."""
     if isinstance(fn, str):
         return False
-    return "<" in getattr(fn, "__qualname__", "<") or getattr(fn, "__module__", None) == MAIN
+    target = fn.func if isinstance(fn, functools.partial) else fn
+    if getattr(target, "__module__", None) == MAIN:
+        return True
+    return _refusal(fn) is not None
 
 
 def reference_of(fn: Callable[..., Any] | str) -> str:
     """Name a task for the wire: a kernel name as given, a function as ``module:qualname``.
 
+    Only exact names are made: calling what the reference names on a worker must do what
+    calling ``fn`` does here. A classmethod is named through the class it is bound to; a
+    ``functools.partial`` of a named function with literal arguments carries them as options
+    (``module:qualname {'args': [...], 'kwargs': {...}}``); a function of a script (``__main__``)
+    carries the script's path and content hash so a worker running another script refuses it.
+
     Raises:
-        TypeError: fn is a lambda, a nested function or not a function at all.
+        TypeError: fn is a lambda, a nested function, a method bound to an object, a partial
+            of such or with non-literal arguments, or no function at all.
     """
     if isinstance(fn, str):
         return fn
-    module = getattr(fn, "__module__", None)
-    qualname = getattr(fn, "__qualname__", None)
-    if not callable(fn) or not module or not qualname:
-        raise TypeError(f"a task must be a kernel name or a module-level function, not {fn!r}")
+    why = _refusal(fn)
+    if why:
+        raise TypeError(why)
+    options: dict[str, Any] = {}
+    if isinstance(fn, functools.partial):
+        options.update(args=list(fn.args), kwargs=dict(fn.keywords))
+        fn = fn.func
+    module, qualname = _name(fn)
+    if module == MAIN:
+        options.update(_script_identity(fn, qualname))
+    ref = f"{module}:{qualname}"
+    return f"{ref} {options!r}" if options else ref
+
+
+def _refusal(fn: Any) -> str | None:
+    """Why ``fn`` cannot go by reference, or None if it can."""
+    if isinstance(fn, functools.partial):
+        return _partial_refusal(fn)
+    owner = getattr(fn, "__self__", None)
+    if owner is not None and not isinstance(owner, (type, types.ModuleType)):
+        return (f"{fn!r:.200} is a method bound to a {type(owner).__name__} object; a worker "
+                "cannot rebuild that object from a name, and calling the method by name would "
+                "take your first argument as self. Call a module-level function that takes the "
+                f"object's data as arguments, or {_BY_VALUE}")
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+    if isinstance(owner, type):  # a classmethod: named through the class it is bound to
+        module, qualname = owner.__module__, f"{owner.__qualname__}.{getattr(fn, '__name__', '')}"
+    if not callable(fn) or not isinstance(module, str) or not isinstance(qualname, str):
+        return f"a task must be a kernel name or a module-level function, not {fn!r:.200}"
     if "<" in qualname:
-        raise TypeError(f"{qualname} cannot be sent by reference: workers import functions by "
-                        "module and name, so define it at the top level of a module or script, "
-                        "or send it by value with Pool(by_value=True) (workers then need "
-                        "--allow-by-value and an HMAC secret)")
-    if module == "builtins" and qualname in _SAFE_BUILTINS:
-        return f"builtins:{qualname}"
-    return f"{module}:{qualname}"
+        return (f"{qualname} cannot be sent by reference: workers import functions by module "
+                f"and name, so define it at the top level of a module or script, or {_BY_VALUE}")
+    found = _walk(sys.modules.get(module), qualname)
+    if found is _MISSING or found is fn or (owner is not None and found == fn):
+        return None
+    return (f"{module}:{qualname} names {'nothing' if found is None else 'another object'} in "
+            f"{module}, not {fn!r:.200} (a decorator that does not keep the name, or a name bound "
+            "again later?), so a worker could not run it as it is; give the function its own "
+            f"module-level name, or {_BY_VALUE}")
+
+
+def _partial_refusal(fn: functools.partial[Any]) -> str | None:
+    """Why a partial cannot go by reference: its function cannot, or its arguments are no short literals."""
+    why = _refusal(fn.func)
+    if why:
+        return f"a partial of a function that cannot be sent by reference: {why}"
+    if _literal(list(fn.args)) and _literal(dict(fn.keywords)) and len(repr((fn.args, fn.keywords))) < MAX_OPTIONS:
+        return None
+    return (f"{fn!r:.200} holds arguments that are not short plain literals (numbers, strings, "
+            "bytes, None and lists, tuples or dicts of them), so it cannot be sent by reference; "
+            f"pass them as map arguments, or {_BY_VALUE}")
+
+
+_BY_VALUE = ("send it by value with Pool(by_value=True) (workers then need --allow-by-value "
+             "and an HMAC secret)")
+_MISSING = object()
+
+
+def _name(fn: Any) -> tuple[str, str]:
+    """``(module, qualname)`` of a function, or of a classmethod through the class it is bound to."""
+    owner = getattr(fn, "__self__", None)
+    if isinstance(owner, type):
+        return owner.__module__, f"{owner.__qualname__}.{fn.__name__}"
+    return fn.__module__, fn.__qualname__
+
+
+def _walk(root: Any, qualname: str) -> Any:
+    """What ``qualname`` names inside ``root`` (a module), or _MISSING if unknown here."""
+    if root is None:
+        return _MISSING
+    obj = root
+    for part in qualname.split("."):
+        obj = getattr(obj, part, _MISSING)
+        if obj is _MISSING:
+            return None
+    return obj
+
+
+def _literal(value: Any, depth: int = 0) -> bool:
+    """True if ``repr(value)`` is a Python literal that ``ast.literal_eval`` turns back into an equal value."""
+    kind = type(value)
+    if depth > 32:
+        return False
+    if kind in (type(None), bool, str, bytes):
+        return True
+    if kind is int:
+        return bool(value.bit_length() < 10_000)  # repr of longer ints may exceed the digit limit
+    if kind is float:
+        return math.isfinite(value)  # repr(nan) and repr(inf) are no literals
+    if kind in (list, tuple):
+        return all(_literal(v, depth + 1) for v in value)
+    if kind is dict:
+        return all(_literal(k, depth + 1) and _literal(v, depth + 1) for k, v in value.items())
+    return False
+
+
+_hash_cache: dict[tuple[str, int, int], str] = {}
+
+
+def _script_identity(fn: Any, qualname: str) -> dict[str, str]:
+    """The path and sha256 of the script that defined ``fn`` in ``__main__``.
+
+    Raises:
+        TypeError: ``__main__`` has no file (an interactive session or notebook).
+    """
+    inner = getattr(fn, "__func__", fn)
+    path = getattr(inner, "__globals__", {}).get("__file__") or getattr(sys.modules.get(MAIN), "__file__", None)
+    if not path or not os.path.isfile(path):
+        raise TypeError(f"{qualname} was defined in an interactive session, not a script file, so no "
+                        f"worker can import it; {_BY_VALUE}")
+    path = os.path.abspath(path)
+    stat = os.stat(path)
+    key = (path, stat.st_mtime_ns, stat.st_size)
+    if key not in _hash_cache:
+        _hash_cache[key] = script_hash(path)
+    return {"script": path, "sha256": _hash_cache[key]}
+
+
+def script_hash(path: str) -> str:
+    """sha256 of a script's bytes, in hex."""
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 def _safe_stdlib() -> dict[str, dict[str, Any]]:
@@ -75,6 +200,7 @@ class Resolver:
         self.by_value = by_value
         self._stdlib = _safe_stdlib()
         self._cache: dict[str, Callable[..., Any]] = {}
+        self._script_sha256 = ""
         self._lock = threading.Lock()  # a script half-loaded by one thread must not serve another
 
     def resolve(self, ref: str) -> Callable[..., Any]:
@@ -83,12 +209,31 @@ class Resolver:
         Raises:
             KernelError: the reference is malformed or names something this worker may not call.
         """
-        fn = self._cache.get(ref)
+        name, _, text = ref.partition(" ")
+        options = _options(ref, text)
+        fn = self._cache.get(name)
         if fn is None:
             with self._lock:
-                fn = self._cache.get(ref) or self._lookup(ref)
-                self._cache[ref] = fn
+                fn = self._cache.get(name) or self._lookup(name)
+                self._cache[name] = fn
+        if "sha256" in options:
+            self._check_script(name, options)
+        if "args" in options:
+            return functools.partial(fn, *options["args"], **options["kwargs"])
         return fn
+
+    def _check_script(self, name: str, options: dict[str, Any]) -> None:
+        """Refuse a reference into another script than the one this worker runs."""
+        if not name.startswith(MAIN + ":"):
+            raise KernelError(f"task reference {name!r} carries a script hash but does not name __main__")
+        self._load_script()
+        if options["sha256"] != self._script_sha256:
+            raise KernelError(
+                f"{name} comes from the script {options['script']} (sha256 {options['sha256'][:16]}), "
+                f"but this worker runs the script {self.script} (sha256 {self._script_sha256[:16]}); "
+                "they differ, so the function of the same name here may do something else. Start "
+                "the workers with --script naming the same file (or 'python -m pyro_compute "
+                "script.py', which does), or run the client with the workers' script")
 
     def load(self, code: bytes) -> Callable[..., Any]:
         """Unpickle a function sent by value (cloudpickle), if this worker opted in.
@@ -148,15 +293,18 @@ class Resolver:
             raise KernelError(f"allowed module {name!r} cannot be imported on this worker: {e}") from None
 
     def _load_script(self) -> types.ModuleType:
+        if self.script is None:
+            raise KernelError("this worker runs no script; start it with --script PATH")
         module = sys.modules.get(SCRIPT_MODULE)
         # Another Resolver in this process may have loaded a different script under the same name.
         if module is not None and getattr(module, "__file__", None) == self.script:
+            self._script_sha256 = module.__dict__[_SHA256]
             return module
-        assert self.script is not None
         spec = importlib.util.spec_from_file_location(SCRIPT_MODULE, self.script)
         if spec is None or spec.loader is None:
             raise KernelError(f"cannot load the script {self.script}")
         module = importlib.util.module_from_spec(spec)
+        module.__dict__[_SHA256] = self._script_sha256 = script_hash(self.script)
         sys.modules[SCRIPT_MODULE] = module
         sys.path.insert(0, os.path.dirname(self.script))
         try:
@@ -165,3 +313,26 @@ class Resolver:
             del sys.modules[SCRIPT_MODULE]
             raise
         return module
+
+
+_OPTION_TYPES = {"args": list, "kwargs": dict, "script": str, "sha256": str}
+_OPTION_SETS = ({"args", "kwargs"}, {"script", "sha256"}, {"args", "kwargs", "script", "sha256"})
+
+
+def _options(ref: str, text: str) -> dict[str, Any]:
+    """The literal dict of options after a reference's name: partial arguments, script identity."""
+    if not text:
+        return {}
+    if len(text) > MAX_OPTIONS:
+        raise KernelError(f"the options of task reference {ref[:80]!r}... are over {MAX_OPTIONS} characters")
+    try:
+        options = ast.literal_eval(text)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        options = None
+    if not (isinstance(options, dict) and set(options) in _OPTION_SETS
+            and all(isinstance(options[k], _OPTION_TYPES[k]) for k in options)):
+        raise KernelError(f"task reference {ref!r:.200} is not of the form 'module:function' followed "
+                          "by an optional dict of options (args and kwargs, or script and sha256)")
+    if "kwargs" in options and not all(isinstance(k, str) for k in options["kwargs"]):
+        raise KernelError("the keyword arguments of a partial must have string names")
+    return options

@@ -85,3 +85,84 @@ def crash(code: int = 3) -> None:
 def loaded(name: str) -> bool:
     """True if module ``name`` has been imported in the worker; shows imports as side effects."""
     return name in sys.modules
+
+
+class Scaler:
+    """Methods of every kind, to check each travels to the worker as exactly what was meant."""
+
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+
+    def scale(self, x: Any) -> Any:
+        """A method: needs the instance, so it cannot travel by name."""
+        return self.factor * x
+
+    @staticmethod
+    def double(x: Any) -> Any:
+        """A staticmethod: a plain function reached through the class."""
+        return 2 * x
+
+    @classmethod
+    def kind(cls, x: Any) -> str:
+        """A classmethod: names the class it was called on."""
+        return f"{cls.__qualname__}:{x}"
+
+
+class SubScaler(Scaler):
+    """Inherits ``kind``; ``SubScaler.kind`` must run with cls = SubScaler."""
+
+
+class Outer:
+    """Holds a nested class."""
+
+    class Inner:
+        """A nested class with each kind of method."""
+
+        offset = 100
+
+        def shift(self, x: int) -> int:
+            """A method of a nested class."""
+            return self.offset + x
+
+        @staticmethod
+        def negate(x: int) -> int:
+            """A staticmethod of a nested class."""
+            return -x
+
+        @classmethod
+        def kind(cls, x: Any) -> str:
+            """A classmethod of a nested class."""
+            return f"{cls.__qualname__}:{x}"
+
+
+DEFAULT_SCALER = Scaler(10)  # a module-level instance: its state on a client may differ from a worker's
+
+
+def keywords(a: Any, b: Any = 0, *, c: Any = 0) -> list[Any]:
+    """Return ``[a, b, c]``: shows how a partial's arguments and the call's were combined."""
+    return [a, b, c]
+
+
+def odd_result(kind: str, x: Any = 0) -> Any:
+    """A result of the named kind, most of which the wire cannot carry; ``"plain"`` returns ``x``."""
+    makers = {
+        "plain": lambda: x,
+        "bytes": lambda: bytes(range(256)),
+        "numpy": lambda: np.float64(x),
+        "iterator": lambda: iter([x]),
+        "zip": lambda: zip([x], [x]),
+        "generator": lambda: (i for i in [x]),
+        "map": lambda: map(str, [x]),
+        "range": lambda: range(3),
+        "big_int": lambda: 10**5000 + int(x),
+        "nested_big_int": lambda: {"n": [10**5000]},
+        "object": lambda: object(),
+        "function": lambda: odd_result,
+        "set_of_iterators": lambda: [1, {"k": iter([])}],
+    }
+    return makers[kind]()
+
+
+def raise_with(value: Any) -> None:
+    """Raise ``ValueError(value)``: an error whose message holds whatever the caller sent."""
+    raise ValueError(value)

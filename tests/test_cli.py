@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -44,7 +45,42 @@ def test_pi_tol_keeps_going_until_the_error_is_small(cluster: LocalCluster, caps
     monkeypatch.setenv("PYRO_COMPUTE_HMAC_KEY", cluster.settings.hmac_key)
     out = run_json(["pi", "--samples", "1e6", "--tol", "1e-4", "--seed", "1", "--ns", cluster.ns, "--json"], capsys)
     assert out["stderr"] < 1e-4
-    assert out["samples"] > 10**8  # needs ~1.7e8 samples for that error
+    # 16 p (1 - p) / tol² with p = π/4: about 2.70e8 samples for that error; stop within 10% of it.
+    assert 2.4e8 < out["samples"] < 2.97e8
+
+
+def wilson_error(hits: int, n: int) -> float:
+    """Largest distance from 4 p̂ to an end of the z = 1 Wilson interval, from its closed form."""
+    p = hits / n
+    centre = (p + 1 / (2 * n)) / (1 + 1 / n)
+    half = math.sqrt(p * (1 - p) / n + 1 / (4 * n * n)) / (1 + 1 / n)
+    return 4 * max(p - (centre - half), centre + half - p)
+
+
+@pytest.mark.parametrize("argv", [["--samples", "1"], ["--samples", "1", "--tol", "3e-2"],
+                                  ["--samples", "1e5"]])
+def test_pi_json_and_text_report_the_same_honest_error(cluster: LocalCluster, argv: list[str],
+                                                       capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYRO_COMPUTE_HMAC_KEY", cluster.settings.hmac_key)
+    common = ["pi", *argv, "--seed", "4", "--ns", cluster.ns]
+    out = run_json([*common, "--json"], capsys)
+    assert out["stderr"] > 0 and out["stderr"] == pytest.approx(wilson_error(out["hits"], out["samples"]))
+    assert out["low"] < out["high"] and out["low"] - 1e-12 <= out["pi"] <= out["high"] + 1e-12
+    assert main(common) == 0
+    text = capsys.readouterr().out
+    assert f"pi        {out['pi']:.10f} ± {out['stderr']:.2g} (one standard error)" in text
+    assert f"{out['low']:.10f} .. {out['high']:.10f}" in text
+    assert f"samples   {out['samples']:,}" in text
+
+
+def test_pi_one_sample_is_not_a_zero_error(cluster: LocalCluster, capsys: pytest.CaptureFixture[str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYRO_COMPUTE_HMAC_KEY", cluster.settings.hmac_key)
+    out = run_json(["pi", "--samples", "1", "--seed", "1", "--ns", cluster.ns, "--json"], capsys)
+    assert out["samples"] == 1 and out["stderr"] == pytest.approx(2.0)  # one point: π is in [2, 4] or [0, 2]
+    out = run_json(["pi", "--tol", "1e-3", "--seed", "1", "--ns", cluster.ns, "--json"], capsys)
+    assert out["stderr"] < 1e-3 and 2.43e6 < out["samples"] < 2.97e6  # --tol alone: no 1e9 floor
 
 
 def test_pi_text_output(cluster: LocalCluster, capsys: pytest.CaptureFixture[str],

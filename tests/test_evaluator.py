@@ -1,6 +1,7 @@
 """The Evaluator and the Resolver called directly, without Pyro: validation, batches, counters."""
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import subprocess
@@ -422,3 +423,29 @@ def test_evaluator_batch_runs_script_functions(tmp_path: Path) -> None:
     ev = Evaluator(Resolver(script=script))
     assert outcome(ev.batch("__main__:double", [[1], [2]])) == ([2, 4], [])
     assert ev.info()["script"] == script
+
+
+@pytest.mark.usefixtures("script_sandbox")
+def test_resolver_checks_the_script_hash_a_reference_carries(tmp_path: Path) -> None:
+    script = write_script(tmp_path / "job.py", "def which():\n    return 'job'\n")
+    digest = hashlib.sha256(Path(script).read_bytes()).hexdigest()
+    r = Resolver(script=script)
+    assert r.resolve(f"__main__:which {{'script': '/elsewhere/job.py', 'sha256': {digest!r}}}")() == "job"
+    with pytest.raises(KernelError, match=f"other.py \\(sha256 {'0' * 16}\\).*job.py \\(sha256 {digest[:16]}\\)"):
+        r.resolve(f"__main__:which {{'script': '/x/other.py', 'sha256': {'0' * 64!r}}}")
+    with pytest.raises(KernelError, match="--script"):
+        Resolver().resolve(f"__main__:which {{'script': '/x/job.py', 'sha256': {digest!r}}}")
+    with pytest.raises(KernelError, match="does not name __main__"):
+        Resolver(REMOTE_MODULES).resolve(f"remote_tasks:identity {{'script': 'a', 'sha256': {digest!r}}}")
+
+
+def test_resolver_builds_partials_from_literal_options() -> None:
+    r = Resolver(REMOTE_MODULES)
+    fn = r.resolve("remote_tasks:keywords {'args': [1], 'kwargs': {'c': (2, b'x')}}")
+    assert fn(5) == [1, 5, (2, b"x")]
+    for bad in ("remote_tasks:keywords {'args': [1]}", "remote_tasks:keywords {'args': (1,), 'kwargs': {}}",
+                "remote_tasks:keywords [1]", "remote_tasks:keywords {'args': [], 'kwargs': {}} extra",
+                "remote_tasks:keywords {'args': [" + "[" * 200 + "]" * 200 + "], 'kwargs': {}}",
+                "remote_tasks:keywords {'args': ['" + "x" * 70_000 + "'], 'kwargs': {}}"):
+        with pytest.raises(KernelError):
+            r.resolve(bad)

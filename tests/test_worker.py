@@ -284,8 +284,10 @@ def test_numpy_arithmetic_on_the_worker(evaluator: Any) -> None:
 def test_object_arrays_are_refused_both_ways(evaluator: Any) -> None:
     with pytest.raises(TypeError, match="numpy dtype object cannot cross the wire"):
         evaluator.batch("remote_tasks:identity", [[np.array([None, 1], dtype=object)]])
-    with pytest.raises(TypeError, match="numpy dtype object cannot cross the wire"):
-        evaluator.batch("remote_tasks:object_array", [[3]])
+    # A result that cannot cross fails its own task only (issue 9 item 13), not the whole call.
+    reply = evaluator.batch("remote_tasks:object_array", [[3]])
+    assert reply["errors"][0][:3] == [0, "builtins", "TypeError"]
+    assert "cannot be sent back: numpy dtype object" in reply["errors"][0][3][0]
     assert evaluator.pi_hits(1000, 1) == kernels.pi_hits(1000, 1)
 
 
