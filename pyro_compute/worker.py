@@ -19,10 +19,11 @@ from .config import NAME_PREFIX, Settings
 from .errors import ComputeError, ConfigError
 from .evaluator import KERNELS, Evaluator
 from .references import Resolver
+from .server import GuardedDaemon
 from .wire import register_wire
 
 log = logging.getLogger(__name__)
-HANDSHAKE_TIMEOUT = 10.0  # seconds a new connection has to authenticate
+NS_TIMEOUT = 10.0  # seconds a call to the name server may take
 STARTUP_RETRY = 0.1  # seconds between registration attempts until the first succeeds
 
 
@@ -37,10 +38,10 @@ def configure_pyro(settings: Settings) -> None:
     Pyro4.config.MAX_MESSAGE_SIZE = settings.max_message_size
     Pyro4.config.POLLTIMEOUT = 0.2
     Pyro4.config.SOCK_NODELAY = True
+    # Threads serve requests only; connections wait for them in GuardedDaemon's select loop.
     Pyro4.config.THREADPOOL_SIZE = 64
-    # Each connection holds a server thread; a socket timeout until the handshake stops idle
-    # strangers from holding them all (_Daemon lifts it once a caller has authenticated).
-    Pyro4.config.COMMTIMEOUT = HANDSHAKE_TIMEOUT
+    # Timeout of the worker's own calls (to the name server).
+    Pyro4.config.COMMTIMEOUT = NS_TIMEOUT
     register_wire()
 
 
@@ -48,15 +49,6 @@ def locate_ns(settings: Settings) -> Any:
     """A fresh proxy to the name server named in ``settings``."""
     host, port = settings.ns_address
     return Pyro4.locateNS(host, port, hmac_key=settings.hmac_bytes)
-
-
-class _Daemon(Pyro4.Daemon):  # type: ignore[misc]
-    """A Pyro4 daemon whose connections lose their socket timeout once they pass the handshake."""
-
-    def validateHandshake(self, conn: Any, data: Any) -> Any:
-        # Called only after the HMAC check passed: a pool may keep this connection idle for long.
-        conn.sock.settimeout(None)
-        return super().validateHandshake(conn, data)
 
 
 class Worker:
@@ -74,7 +66,7 @@ class Worker:
         self._busy = threading.Lock()
         self.evaluator = Evaluator(resolver, self.name, self._busy)
         kernels.warm_up()
-        self.daemon = _Daemon(host=settings.host, port=port)
+        self.daemon = GuardedDaemon(host=settings.host, port=port)
         self.daemon._pyroHmacKey = settings.hmac_bytes
         self.uri = self.daemon.register(self.evaluator, objectId=self.name)
         self.metadata = {"pyro_compute.evaluator", f"kernels:{','.join(KERNELS)}",
