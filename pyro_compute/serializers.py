@@ -88,7 +88,7 @@ def refusing_pyro_objects() -> Iterator[None]:
 def _guarded(rebuild: Callable[[str, dict[str, Any]], Any]) -> Callable[[str, dict[str, Any]], Any]:
     def converter(classname: str, data: dict[str, Any]) -> Any:
         if getattr(_state, "refusing", False):
-            raise Pyro4.errors.SecurityError(
+            raise Pyro4.errors.SerializeError(
                 f"refused to rebuild a {classname} from a caller's data: arguments must be plain "
                 "data (numbers, strings, lists, tuples, dicts) or numpy arrays")
         return rebuild(classname, data)

@@ -44,7 +44,7 @@ PREAUTH_TOTAL_LIMIT = 16 * 1024 * 1024  # bytes all unauthenticated connections 
 PREAUTH_DEADLINE = 5.0                  # seconds from accept to a complete handshake, TLS included
 MAX_PENDING = 1024                      # unauthenticated connections; the oldest goes first
 MAX_CONNECTIONS = 4096                  # all connections; the longest-idle client goes first
-IDLE_TIMEOUT = 600.0                    # seconds an authenticated connection may stay idle
+IDLE_TIMEOUT = 600.0                    # default seconds an authenticated connection may stay idle
 IO_TIMEOUT = 60.0                       # seconds one read or write of an accepted request may block
 TICK = 0.2                              # seconds between checks of deadlines and the loop condition
 _disconnect_lock = threading.Lock()
@@ -83,9 +83,9 @@ class GuardedServer:
     """The transport server behind ``GuardedDaemon`` (the interface Pyro4 daemons call)."""
 
     def __init__(self, daemon: Any, sock: socket.socket, ssl_context: ssl.SSLContext | None,
-                 strict: bool) -> None:
+                 strict: bool, idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.daemon, self.sock, self.locationStr = daemon, sock, daemon.locationStr
-        self.strict, self.shutting_down = strict, False
+        self.strict, self.shutting_down, self.idle_timeout = strict, False, idle_timeout
         self._ssl = ssl_context
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -245,7 +245,7 @@ class GuardedServer:
         self._last_sweep = now
         for c in [c for c in self._pending.values() if now - c.since > PREAUTH_DEADLINE]:
             self._drop(c)
-        for c in [c for c in self._idle.values() if now - c.since > IDLE_TIMEOUT]:
+        for c in [c for c in self._idle.values() if now - c.since > self.idle_timeout]:
             self._idle.pop(c.sock)
             self._disconnect(c)
         self.daemon._housekeeping()
@@ -344,7 +344,7 @@ class _GuardedMixin:
 
     strict = False  # refuse Pyro4 objects (proxies, URIs...) in what callers send
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, idle_timeout: float = IDLE_TIMEOUT, **kwargs: Any) -> None:
         # The multiplex server binds without threads; TLS is added per connection, not on accept().
         with _pyro_config(SERVERTYPE="multiplex", SSL=False):
             super().__init__(*args, **kwargs)
@@ -356,7 +356,7 @@ class _GuardedMixin:
             context = socketutil.getSSLcontext(
                 servercert=Pyro4.config.SSL_SERVERCERT, serverkey=Pyro4.config.SSL_SERVERKEY,
                 keypassword=Pyro4.config.SSL_SERVERKEYPASSWD, cacerts=Pyro4.config.SSL_CACERTS)
-        self.transportServer = GuardedServer(self, sock, context, self.strict)
+        self.transportServer = GuardedServer(self, sock, context, self.strict, idle_timeout)
 
 
 class GuardedDaemon(_GuardedMixin, Pyro4.Daemon):  # type: ignore[misc]
