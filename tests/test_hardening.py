@@ -6,6 +6,7 @@ stated bound: memory held (RSS, psutil), time to serve a legitimate call, no cod
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -315,3 +316,200 @@ def test_a_worker_warns_and_takes_its_name_back(deployment: tuple[Deployment, st
     wait_until(lambda: "points to PYRO:evil@" in d.log("w1"), 30, "the worker to notice")
     wait_until(lambda: d.registered().get(NAME_PREFIX + "w1") == uri, 30, "the worker to take its name back")
     assert "WARNING" in d.log("w1")
+
+
+# -- items 6-8: strangers cost little memory and no service --------------------------------------
+
+def target_of(d: Deployment, uri: str, which: str) -> tuple[tuple[str, int], int, Callable[[], float]]:
+    """(address, pid, one timed legitimate call) of the worker or the name server."""
+    if which == "worker":
+        return raw_pyro.address(uri), d.workers[0].pid, lambda: timed_call(uri, d.key_bytes, "info")
+    return (HOST, d.port), d.nameserver.pid, lambda: timed_call(ns_uri(d), d.key_bytes, "list")
+
+
+def connect_all(address: tuple[str, int], count: int) -> list[socket.socket]:
+    return [socket.create_connection(address, timeout=10) for _ in range(count)]
+
+
+def closed(sock: socket.socket) -> bool:
+    sock.settimeout(0.01)
+    try:
+        while sock.recv(65536):
+            pass
+        return True
+    except socket.timeout:
+        return False
+    except OSError:
+        return True
+
+
+def close_all(socks: list[socket.socket]) -> None:
+    for s in socks:
+        s.close()
+
+
+@pytest.mark.parametrize("which", ["worker", "name server"])
+def test_strangers_make_a_server_hold_at_most_the_preauth_budget(
+        deployment: tuple[Deployment, str], which: str) -> None:
+    """200 strangers each send a handshake of the largest allowed size but its last byte; 20 more
+    announce 256 MiB; 20 more send a compressed handshake. Memory held stays within the budget."""
+    d, uri = deployment
+    address, pid, call = target_of(d, uri, which)
+    before = rss(pid)
+    body = b"x" * (PREAUTH_MESSAGE_LIMIT - 1)
+    full = connect_all(address, STRANGERS)
+    huge = connect_all(address, 20)
+    zipped = connect_all(address, 20)
+    try:
+        for s in full:
+            s.sendall(raw_pyro.header(Pyro4.message.MSG_CONNECT, PREAUTH_MESSAGE_LIMIT) + body)
+        for s in huge:
+            s.sendall(raw_pyro.header(Pyro4.message.MSG_CONNECT, 256 * MiB))
+        for s in zipped:
+            s.sendall(raw_pyro.header(Pyro4.message.MSG_CONNECT, 1000, flags=Pyro4.message.FLAGS_COMPRESSED))
+        wait_until(lambda: all(closed(s) for s in huge + zipped), 10, "oversized and compressed handshakes to be cut off")
+        time.sleep(0.5)  # let the server read what the 200 sent
+        held = rss(pid) - before
+        times = [call() for _ in range(5)]
+        assert not any(closed(s) for s in full[:10]), "within the deadline, well-formed strangers wait"
+    finally:
+        close_all(full + huge + zipped)
+    print(f"{which}: {STRANGERS} strangers x {PREAUTH_MESSAGE_LIMIT} B: RSS +{held / MiB:.1f} MiB; "
+          f"calls {max(times):.3f} s at most")
+    assert held <= PREAUTH_TOTAL_LIMIT + 16 * MiB, f"strangers made the {which} hold {held / MiB:.0f} MiB"
+    assert max(times) <= SERVE_BOUND
+
+
+def trickle(socks: list[socket.socket], stop: threading.Event, interval: float = 0.5) -> None:
+    """Send each socket one more byte of a valid handshake header every ``interval`` seconds."""
+    header = raw_pyro.header(Pyro4.message.MSG_CONNECT, 100)
+    for i in range(len(header)):
+        for s in socks:
+            try:
+                s.send(header[i:i + 1])
+            except OSError:
+                pass
+        if stop.wait(interval):
+            return
+
+
+@pytest.mark.parametrize("which", ["worker", "name server"])
+def test_200_idle_and_trickling_strangers_do_not_delay_calls(
+        deployment: tuple[Deployment, str], which: str) -> None:
+    d, uri = deployment
+    address, _, call = target_of(d, uri, which)
+    idle = connect_all(address, STRANGERS // 2)
+    slow = connect_all(address, STRANGERS // 2)
+    stop = threading.Event()
+    trickler = threading.Thread(target=trickle, args=(slow, stop), daemon=True)
+    trickler.start()
+    started = time.monotonic()
+    try:
+        times = [call() for _ in range(10)]
+        # The deadline is for the whole handshake, so trickling a byte now and then does not help.
+        wait_until(lambda: all(closed(s) for s in idle + slow), PREAUTH_DEADLINE + 15, "strangers to be dropped")
+        dropped_after = time.monotonic() - started
+    finally:
+        stop.set()
+        trickler.join(timeout=10)
+        close_all(idle + slow)
+    print(f"{which} beside {STRANGERS} strangers: median {statistics.median(times):.3f} s, "
+          f"max {max(times):.3f} s; all dropped after {dropped_after:.1f} s")
+    assert max(times) <= SERVE_BOUND, times
+    assert dropped_after >= PREAUTH_DEADLINE - 1
+
+
+def test_a_compressed_bomb_from_a_secret_holder_inflates_no_further_than_the_limit(
+        deployment: tuple[Deployment, str]) -> None:
+    """A ~200 KiB zlib message that would inflate to 200 MiB, to a worker with a 1 MiB limit."""
+    d, uri = deployment
+    pid = d.workers[0].pid
+    packer = zlib.compressobj(9)
+    bomb = b"".join(packer.compress(bytes(MiB)) for _ in range(200)) + packer.flush()
+    assert len(bomb) < MiB
+    before = rss(pid)
+    conn = raw_pyro.connect(uri)
+    try:
+        assert raw_pyro.handshake(conn, Pyro4.URI(uri).object, d.key_bytes)[0].type == Pyro4.message.MSG_CONNECTOK
+        raw_pyro.send(conn, Pyro4.message.MSG_INVOKE, bomb, d.key_bytes, seq=1, flags=Pyro4.message.FLAGS_COMPRESSED)
+        assert raw_pyro.closed_by_peer(conn)  # refused once 1 MiB is out, and hung up on
+    finally:
+        conn.close()
+    held = rss(pid) - before
+    print(f"compressed bomb of {len(bomb) // 1024} KiB: worker RSS +{held / MiB:.1f} MiB")
+    assert held < 16 * MiB
+    assert timed_call(uri, d.key_bytes) <= SERVE_BOUND
+
+
+# -- item 9: many clients ------------------------------------------------------------------------
+
+MANY_POOLS = r"""
+import json, sys, time
+from pyro_compute import Pool
+from pyro_compute.config import Settings
+ns, key, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+settings = Settings(ns=ns, hmac_key=key, worker_wait=60.0, call_timeout=120.0)
+started = time.monotonic()
+pools = [Pool(settings=settings) for _ in range(count)]
+futures = [p.submit("pi_hits", 1000, i) for i, p in enumerate(pools)]
+results = [f.result(timeout=300) for f in futures]
+print(json.dumps({"results": results, "seconds": time.monotonic() - started}), flush=True)
+sys.stdin.readline()  # hold every pool open until the test has looked at the worker
+for p in pools:
+    p.shutdown()
+"""
+
+
+def established(pid: int) -> int:
+    return sum(1 for c in psutil.Process(pid).net_connections("inet") if c.status == psutil.CONN_ESTABLISHED)
+
+
+def test_256_pools_at_once_each_get_their_work_done(deployment: tuple[Deployment, str]) -> None:
+    d, uri = deployment
+    pid = d.workers[0].pid
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PYRO")}
+    proc = subprocess.Popen([sys.executable, "-c", MANY_POOLS, d.ns, d.key, "256"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env={**base, "PYTHONPATH": PYTHONPATH})
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        line = proc.stdout.readline()
+        assert line, f"the 256 pools failed (exit {proc.wait(timeout=60)})"
+        out = json.loads(line)
+        open_now = established(pid)
+        times = [timed_call(uri, d.key_bytes) for _ in range(3)]  # a 257th client, meanwhile
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        for f in (proc.stdin, proc.stdout):
+            if f is not None:
+                f.close()
+    print(f"256 pools: all done in {out['seconds']:.1f} s; worker held {open_now} connections; "
+          f"another client served in {max(times):.3f} s")
+    assert out["results"] == [kernels.pi_hits(1000, i) for i in range(256)]
+    assert open_now >= 256
+    assert max(times) <= SERVE_BOUND
+
+
+def test_idle_authenticated_connections_are_reclaimed(deployment: tuple[Deployment, str]) -> None:
+    """The deployment's worker closes connections idle for more than PYRO_COMPUTE_IDLE_TIMEOUT=3 s."""
+    d, uri = deployment
+    pid = d.workers[0].pid
+    before = established(pid)
+    proxies = [proxy(uri, d.key_bytes) for _ in range(50)]
+    try:
+        for p in proxies:
+            p._pyroBind()
+        assert established(pid) >= before + 50
+        started = time.monotonic()
+        wait_until(lambda: all(closed(p._pyroConnection.sock) for p in proxies), 30, "idle connections to close")
+        reclaimed_after = time.monotonic() - started
+        wait_until(lambda: established(pid) <= before, 10, "the worker to let go of them")
+    finally:
+        for p in proxies:
+            p._pyroRelease()
+    print(f"50 idle authenticated connections closed {reclaimed_after:.1f} s after binding")
+    assert reclaimed_after >= 2.0
