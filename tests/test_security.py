@@ -13,9 +13,11 @@ import os
 import pickle
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -417,16 +419,28 @@ def openssl(cwd: Path, *args: str) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
 
 
+# The extensions nameserver/README.md tells users to give their certificates. Python 3.13 verifies
+# with VERIFY_X509_STRICT, which refuses a CA without keyUsage and a leaf without an authority
+# key identifier; OpenSSL 1.1 adds neither by itself.
+CA_EXTENSIONS = ("basicConstraints=critical,CA:TRUE", "keyUsage=critical,keyCertSign,cRLSign",
+                 "subjectKeyIdentifier=hash")
+LEAF_EXTENSIONS = ("basicConstraints=critical,CA:FALSE", "keyUsage=critical,digitalSignature,keyEncipherment",
+                   "subjectKeyIdentifier=hash", "authorityKeyIdentifier=keyid,issuer")
+NODE_EXTENSIONS = "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n"
+CLIENT_EXTENSIONS = "extendedKeyUsage=clientAuth\n"
+
+
 def make_ca(d: Path, name: str) -> None:
+    addext = [arg for ext in CA_EXTENSIONS for arg in ("-addext", ext)]
     openssl(d, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-days", "2", "-subj", f"/CN=pyro-compute test {name}", "-keyout", f"{name}.key",
+            "-days", "2", "-subj", f"/CN=pyro-compute test {name}", *addext, "-keyout", f"{name}.key",
             "-out", f"{name}.crt")
 
 
 def make_cert(d: Path, name: str, ca: str, extensions: str) -> None:
     openssl(d, "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
             "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.csr")
-    (d / f"{name}.ext").write_text(extensions)
+    (d / f"{name}.ext").write_text("".join(e + "\n" for e in LEAF_EXTENSIONS) + extensions)
     openssl(d, "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
             "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.crt")
 
@@ -477,9 +491,9 @@ class TlsCluster:
         self.procs: list[subprocess.Popen[bytes]] = []
         make_ca(d, "ca")
         make_ca(d, "rogue-ca")
-        make_cert(d, "node", "ca", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n")
-        make_cert(d, "client", "ca", "extendedKeyUsage=clientAuth\n")
-        make_cert(d, "rogue", "rogue-ca", "extendedKeyUsage=clientAuth\n")
+        make_cert(d, "node", "ca", NODE_EXTENSIONS)
+        make_cert(d, "client", "ca", CLIENT_EXTENSIONS)
+        make_cert(d, "rogue", "rogue-ca", CLIENT_EXTENSIONS)
 
     def path(self, name: str) -> str:
         return str(self.dir / name)
@@ -552,6 +566,67 @@ def tls(tmp_path: Path) -> Iterator[TlsCluster]:
         yield c
     finally:
         c.close()
+
+
+def strict_handshake(d: Path, server: str, client: str | None) -> str:
+    """A TLS handshake between two sockets verified as Python 3.13 does by default; its version."""
+    srv = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(d / "ca.crt"))
+    srv.load_cert_chain(str(d / f"{server}.crt"), str(d / f"{server}.key"))
+    srv.verify_mode = ssl.CERT_REQUIRED
+    cli = ssl.create_default_context(cafile=str(d / "ca.crt"))
+    if client:
+        cli.load_cert_chain(str(d / f"{client}.crt"), str(d / f"{client}.key"))
+    for ctx in (srv, cli):  # 3.13's create_default_context sets these; older ones do not
+        ctx.verify_flags |= ssl.VERIFY_X509_STRICT | getattr(ssl, "VERIFY_X509_PARTIAL_CHAIN", 0)
+    a, b = socket.socketpair()
+    a.settimeout(10)
+    b.settimeout(10)
+    with srv.wrap_socket(a, server_side=True, do_handshake_on_connect=False) as server_side, \
+            cli.wrap_socket(b, server_hostname=HOST, do_handshake_on_connect=False) as client_side:
+        errors: list[BaseException] = []
+        t = threading.Thread(target=lambda: _handshake_or_record(server_side, errors))
+        t.start()
+        try:
+            client_side.do_handshake()
+            client_side.sendall(b"x")
+        finally:
+            t.join(timeout=10)
+        if errors:
+            raise errors[0]
+        return client_side.version() or ""
+
+
+def _handshake_or_record(sock: ssl.SSLSocket, errors: list[BaseException]) -> None:
+    try:
+        sock.do_handshake()
+        sock.recv(1)
+    except (ssl.SSLError, OSError) as e:
+        errors.append(e)
+
+
+def test_the_documented_certificates_pass_python_3_13_strict_verification(tmp_path: Path) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    make_ca(tmp_path, "ca")
+    make_cert(tmp_path, "node", "ca", NODE_EXTENSIONS)
+    make_cert(tmp_path, "client", "ca", CLIENT_EXTENSIONS)
+    assert strict_handshake(tmp_path, "node", "client").startswith("TLSv1.")
+    # The certificates the README used to describe (no keyUsage on the CA) fail this check.
+    openssl(tmp_path, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-days", "2", "-subj", "/CN=old ca", "-keyout", "ca.key", "-out", "ca.crt")
+    (tmp_path / "node.ext").write_text(NODE_EXTENSIONS)
+    openssl(tmp_path, "x509", "-req", "-in", "node.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-extfile", "node.ext", "-out", "node.crt")
+    with pytest.raises(ssl.SSLError, match="key usage|CERTIFICATE_VERIFY_FAILED"):
+        strict_handshake(tmp_path, "node", None)
+
+
+def test_the_readme_tls_steps_use_these_extensions() -> None:
+    text = (REPO / "nameserver" / "README.md").read_text()
+    for ext in CA_EXTENSIONS:
+        assert f"-addext {ext}" in text, ext
+    for ext in (*LEAF_EXTENSIONS, "subjectAltName=IP:", "extendedKeyUsage=serverAuth,clientAuth"):
+        assert ext in text, ext
 
 
 def test_two_way_tls_name_server_and_worker(tls: TlsCluster) -> None:
