@@ -39,6 +39,8 @@ MiB = 1024 * 1024
 SERVE_BOUND = 1.0       # seconds a legitimate call may take beside 200 strangers (issue 10, item 8)
 STRANGERS = 200
 PYTHONPATH = os.pathsep.join([str(TESTS), *sys.path])
+# run-ns runs the python3 it finds on PATH: make that this Python (a venv's, under .ci/pythons).
+PATH = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -59,7 +61,8 @@ class Deployment:
         (d / "secret").write_text(self.key + "\n")
         self.port = free_port()
         self.ns = f"{HOST}:{self.port}"
-        self.env = {"PYRO_COMPUTE_HMAC_KEY_FILE": str(d / "secret"), "PYTHONPATH": PYTHONPATH, **(env or {})}
+        self.env = {"PYRO_COMPUTE_HMAC_KEY_FILE": str(d / "secret"), "PYTHONPATH": PYTHONPATH, "PATH": PATH,
+                    **(env or {})}
         self.workers: list[subprocess.Popen[bytes]] = []
         self.others: list[subprocess.Popen[bytes]] = []
         self.nameserver = self.spawn("nameserver", ["bash", str(REPO / "nameserver" / "run-ns"), self.ns])
@@ -253,7 +256,7 @@ def test_status_and_the_cli_refuse_a_fake_workers_pickle(
 def run(cmd: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("PYRO")}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env={**base, "PYTHONPATH": PYTHONPATH, **env})
+                          env={**base, "PYTHONPATH": PYTHONPATH, "PATH": PATH, **env})
 
 
 WORKER = [sys.executable, "-m", "pyro_compute.worker", "--ns", f"{HOST}:1"]
@@ -281,7 +284,7 @@ def test_insecure_on_loopback_serves(tmp_path: Path) -> None:
     d.close()
     d = Deployment.__new__(Deployment)
     d.dir, d.port, d.key = tmp_path, free_port(), ""
-    d.ns, d.env, d.workers, d.others = f"{HOST}:{d.port}", {"PYTHONPATH": PYTHONPATH}, [], []
+    d.ns, d.env, d.workers, d.others = f"{HOST}:{d.port}", {"PYTHONPATH": PYTHONPATH, "PATH": PATH}, [], []
     try:
         d.nameserver = d.spawn("ns-insecure", RUN_NS + ["--insecure", d.ns])
         d.others.append(d.nameserver)
