@@ -95,7 +95,7 @@ class GuardedServer:
         self._pending: dict[socket.socket, _Client] = {}
         self._idle: dict[socket.socket, _Client] = {}
         self._returns: queue.SimpleQueue[_Client] = queue.SimpleQueue()
-        self._busy = 0
+        self._busy: set[_Client] = set()
         self._reserved = 0
         self._lock = threading.Lock()
         self._last_sweep = 0.0
@@ -135,6 +135,11 @@ class GuardedServer:
         self._jobs.shutdown(wait=False, cancel_futures=True)
         for c in [*self._pending.values(), *self._idle.values()]:
             self._drop(c)
+        with self._lock:
+            busy = list(self._busy)
+        for c in busy:  # wake a job blocked reading from a slow client
+            with contextlib.suppress(OSError):
+                c.sock.shutdown(socket.SHUT_RDWR)
         if self.sock is not None:
             self.sock.close()
             self.sock = None  # type: ignore[assignment]
@@ -155,7 +160,7 @@ class GuardedServer:
 
     def stats(self) -> dict[str, int]:
         """How many connections are pending, idle and busy, and the bytes strangers make us hold."""
-        return {"pending": len(self._pending), "idle": len(self._idle), "busy": self._busy,
+        return {"pending": len(self._pending), "idle": len(self._idle), "busy": len(self._busy),
                 "preauth_bytes": self._reserved}
 
     # -- strangers: everything before the handshake is complete -------------------------------
@@ -183,7 +188,7 @@ class GuardedServer:
     def _make_room(self, force: bool = False) -> None:
         if len(self._pending) >= MAX_PENDING or (force and self._pending):
             self._drop(next(iter(self._pending.values())))
-        elif force or len(self._pending) + len(self._idle) + self._busy >= MAX_CONNECTIONS:
+        elif force or len(self._pending) + len(self._idle) + len(self._busy) >= MAX_CONNECTIONS:
             if self._idle:
                 self._disconnect(self._idle.pop(next(iter(self._idle))))
 
@@ -254,7 +259,7 @@ class GuardedServer:
 
     def _start(self, job: Any, c: _Client) -> None:
         with self._lock:
-            self._busy += 1
+            self._busy.add(c)
         try:
             self._jobs.submit(self._run, job, c)
         except RuntimeError:  # shutting down
@@ -299,7 +304,7 @@ class GuardedServer:
 
     def _finish(self, c: _Client, keep: bool) -> None:
         with self._lock:
-            self._busy -= 1
+            self._busy.discard(c)
         if keep and not self.shutting_down:
             c.since = time.monotonic()
             self._returns.put(c)
