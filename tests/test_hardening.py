@@ -183,6 +183,22 @@ def test_a_proxy_in_the_handshake_is_refused(deployment: tuple[Deployment, str])
     assert "refused to rebuild a Pyro4.core.Proxy" in body
 
 
+def test_a_kept_serialized_blob_is_refused(deployment: tuple[Deployment, str]) -> None:
+    """FLAGS_KEEPSERIALIZED would hand the Evaluator a Pyro4 SerializedBlob; the worker hangs up instead."""
+    d, uri = deployment
+    object_id = Pyro4.URI(uri).object
+    conn = raw_pyro.connect(uri)
+    try:
+        assert raw_pyro.handshake(conn, object_id, d.key_bytes)[0].type == Pyro4.message.MSG_CONNECTOK
+        data = raw_pyro.call_payload(object_id, "batch", ("builtins:len", [[[1, 2]]]))
+        raw_pyro.send(conn, Pyro4.message.MSG_INVOKE, data, d.key_bytes, seq=1,
+                      flags=Pyro4.message.FLAGS_KEEPSERIALIZED)
+        assert raw_pyro.closed_by_peer(conn)
+    finally:
+        conn.close()
+    assert timed_call(uri, d.key_bytes) <= SERVE_BOUND
+
+
 # -- item 2: a fake worker (a secret holder's server answering in pickle) ------------------------
 
 @pytest.fixture(params=["handshake", "result"])
@@ -222,7 +238,7 @@ UNCLOSED = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionW
 def test_a_pool_refuses_a_fake_workers_pickle(fake: tuple[Deployment, Path]) -> None:
     d, marker = fake
     with Pool(settings=Settings(ns=d.ns, hmac_key=d.key, worker_wait=5.0, max_retries=1)) as pool:
-        future = pool.submit("pi_hits", 1000, 1)
+        future: Any = pool.submit("pi_hits", 1000, 1)
         with pytest.raises(Exception) as info:
             future.result(timeout=60)
     assert "refused to decode a message in pickle" in causes(info.value) or "invalid serializer" in causes(info.value)
