@@ -737,9 +737,14 @@ def test_worker_and_name_server_recover_once_idle_connections_close(
 def test_an_idle_connection_does_not_block_a_tls_worker(tls: TlsCluster) -> None:
     good = tls.client(tls.ns, tls.client_env(), patience=60)
     assert "error" not in good, good
+    # One connection that never sends a ClientHello, then 50 more on the worker and the name server.
     idle = idle_connections(raw_pyro.address(good["uri"]), 1)
     try:
         out = tls.client(good["uri"], tls.client_env(), timeout=3)
         assert "error" not in out, out
+        idle += idle_connections(raw_pyro.address(good["uri"]), 50) + idle_connections((HOST, tls.port), 50)
+        out = tls.client(tls.ns, tls.client_env(), timeout=3)  # through the name server, to the worker
+        assert out == good, out
     finally:
-        idle[0].close()
+        for s in idle:
+            s.close()
