@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import logging
 import queue
+import resource
 import selectors
 import socket
 import ssl
@@ -43,7 +44,7 @@ PREAUTH_MESSAGE_LIMIT = 64 * 1024       # bytes one unauthenticated connection m
 PREAUTH_TOTAL_LIMIT = 16 * 1024 * 1024  # bytes all unauthenticated connections together
 PREAUTH_DEADLINE = 5.0                  # seconds from accept to a complete handshake, TLS included
 MAX_PENDING = 1024                      # unauthenticated connections; the oldest goes first
-MAX_CONNECTIONS = 4096                  # all connections; the longest-idle client goes first
+MAX_CONNECTIONS = 4096                  # all connections (and at most the fd limit less 64)
 IDLE_TIMEOUT = 600.0                    # default seconds an authenticated connection may stay idle
 IO_TIMEOUT = 60.0                       # seconds one read or write of an accepted request may block
 TICK = 0.2                              # seconds between checks of deadlines and the loop condition
@@ -99,6 +100,7 @@ class GuardedServer:
         self._reserved = 0
         self._lock = threading.Lock()
         self._last_sweep = 0.0
+        self.max_connections = min(MAX_CONNECTIONS, raise_fd_limit() - 64)
         self._jobs = concurrent.futures.ThreadPoolExecutor(
             max(2, Pyro4.config.THREADPOOL_SIZE), thread_name_prefix="serve")
 
@@ -188,7 +190,7 @@ class GuardedServer:
     def _make_room(self, force: bool = False) -> None:
         if len(self._pending) >= MAX_PENDING or (force and self._pending):
             self._drop(next(iter(self._pending.values())))
-        elif force or len(self._pending) + len(self._idle) + len(self._busy) >= MAX_CONNECTIONS:
+        elif force or len(self._pending) + len(self._idle) + len(self._busy) >= self.max_connections:
             if self._idle:
                 self._disconnect(self._idle.pop(next(iter(self._idle))))
 
@@ -330,6 +332,17 @@ class GuardedServer:
                 except Exception:  # the daemon's hook must not keep the socket open
                     log.warning("error in clientDisconnect", exc_info=True)
         self._drop(c)
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit (at most 65536); return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+    return 65536 if soft == resource.RLIM_INFINITY else soft
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ import raw_pyro
 from pyro_compute import Pool, cli, kernels
 from pyro_compute.cluster import free_port, terminate
 from pyro_compute.config import NAME_PREFIX, Settings
-from pyro_compute.server import PREAUTH_DEADLINE, PREAUTH_MESSAGE_LIMIT, PREAUTH_TOTAL_LIMIT
+from pyro_compute.server import MAX_PENDING, PREAUTH_DEADLINE, PREAUTH_MESSAGE_LIMIT, PREAUTH_TOTAL_LIMIT
 from pyro_compute.wire import register_wire
 
 TESTS = Path(__file__).parent
@@ -437,6 +437,19 @@ def test_200_idle_and_trickling_strangers_do_not_delay_calls(
           f"max {max(times):.3f} s; all dropped after {dropped_after:.1f} s")
     assert max(times) <= SERVE_BOUND, times
     assert dropped_after >= PREAUTH_DEADLINE - 1
+
+
+def test_past_max_pending_strangers_the_oldest_make_room(deployment: tuple[Deployment, str]) -> None:
+    d, uri = deployment
+    address = raw_pyro.address(uri)
+    first = connect_all(address, 50)
+    rest = connect_all(address, MAX_PENDING)
+    try:
+        # Well before the deadline, the 50 oldest are dropped to stay within MAX_PENDING.
+        wait_until(lambda: all(closed(s) for s in first), PREAUTH_DEADLINE - 1, "the oldest strangers to go")
+        assert timed_call(uri, d.key_bytes) <= SERVE_BOUND
+    finally:
+        close_all(first + rest)
 
 
 def test_a_compressed_bomb_from_a_secret_holder_inflates_no_further_than_the_limit(
