@@ -9,6 +9,7 @@ import serpent
 from Pyro4.util import SerializerBase, SerpentSerializer
 
 from .errors import register_errors
+from .serializers import harden
 
 _PLAIN_SCALARS = frozenset({int, float, str, bool, type(None), complex})
 _PLAIN_CONTAINERS = frozenset({list, tuple})
@@ -106,10 +107,15 @@ def from_serpent(data: bytes) -> Any:
 
 @functools.cache
 def register_wire() -> None:
-    """Register the numpy, complex and error hooks with Pyro4's serpent serializer (idempotent)."""
+    """Register our serpent hooks and harden Pyro4's serializers (idempotent).
+
+    Every process of ours runs this (pools, status, workers, the name server launcher), so
+    none of them decodes pickle-family data from the network; see ``serializers``.
+    """
     SerializerBase.register_class_to_dict(np.ndarray, _array_to_dict)
     SerializerBase.register_class_to_dict(np.generic, _scalar_to_dict)
     SerializerBase.register_dict_to_class(_ARRAY, _dict_to_array)
     SerializerBase.register_dict_to_class(_SCALAR, _dict_to_scalar)
     SerializerBase.register_dict_to_class("complex", _dict_to_complex)
     register_errors()
+    harden()

@@ -15,14 +15,15 @@ import Pyro4.errors
 import Pyro4.naming
 
 from . import __version__, kernels
-from .config import NAME_PREFIX, Settings
+from .config import NAME_PREFIX, Settings, require_secret
 from .errors import ComputeError, ConfigError
 from .evaluator import KERNELS, Evaluator
 from .references import Resolver
+from .server import GuardedDaemon
 from .wire import register_wire
 
 log = logging.getLogger(__name__)
-HANDSHAKE_TIMEOUT = 10.0  # seconds a new connection has to authenticate
+NS_TIMEOUT = 10.0  # seconds a call to the name server may take
 STARTUP_RETRY = 0.1  # seconds between registration attempts until the first succeeds
 
 
@@ -37,10 +38,10 @@ def configure_pyro(settings: Settings) -> None:
     Pyro4.config.MAX_MESSAGE_SIZE = settings.max_message_size
     Pyro4.config.POLLTIMEOUT = 0.2
     Pyro4.config.SOCK_NODELAY = True
+    # Threads serve requests only; connections wait for them in GuardedDaemon's select loop.
     Pyro4.config.THREADPOOL_SIZE = 64
-    # Each connection holds a server thread; a socket timeout until the handshake stops idle
-    # strangers from holding them all (_Daemon lifts it once a caller has authenticated).
-    Pyro4.config.COMMTIMEOUT = HANDSHAKE_TIMEOUT
+    # Timeout of the worker's own calls (to the name server).
+    Pyro4.config.COMMTIMEOUT = NS_TIMEOUT
     register_wire()
 
 
@@ -48,15 +49,6 @@ def locate_ns(settings: Settings) -> Any:
     """A fresh proxy to the name server named in ``settings``."""
     host, port = settings.ns_address
     return Pyro4.locateNS(host, port, hmac_key=settings.hmac_bytes)
-
-
-class _Daemon(Pyro4.Daemon):  # type: ignore[misc]
-    """A Pyro4 daemon whose connections lose their socket timeout once they pass the handshake."""
-
-    def validateHandshake(self, conn: Any, data: Any) -> Any:
-        # Called only after the HMAC check passed: a pool may keep this connection idle for long.
-        conn.sock.settimeout(None)
-        return super().validateHandshake(conn, data)
 
 
 class Worker:
@@ -74,7 +66,7 @@ class Worker:
         self._busy = threading.Lock()
         self.evaluator = Evaluator(resolver, self.name, self._busy)
         kernels.warm_up()
-        self.daemon = _Daemon(host=settings.host, port=port)
+        self.daemon = GuardedDaemon(host=settings.host, port=port, idle_timeout=settings.idle_timeout)
         self.daemon._pyroHmacKey = settings.hmac_bytes
         self.uri = self.daemon.register(self.evaluator, objectId=self.name)
         self.metadata = {"pyro_compute.evaluator", f"kernels:{','.join(KERNELS)}",
@@ -123,27 +115,33 @@ class Worker:
             if self._stop.wait(STARTUP_RETRY):
                 return
         while not self._stop.wait(self.settings.discovery_interval):
-            if self._registered() is False and self._register():
+            where = self._registered()
+            if where is None or where == str(self.uri):
+                continue
+            if where:
+                # Anyone with the secret may overwrite a name; say so loudly, then take it back.
+                log.warning("the name %s points to %s, not to this worker (%s): another secret "
+                            "holder registered it; registering it again", self.name, where, self.uri)
+            if self._register():
                 log.info("registered %s again", self.name)
 
-    def _registered(self) -> bool | None:
-        """Whether the name server maps our name to our URI; None when it cannot be reached."""
+    def _registered(self) -> str | None:
+        """The URI the name server maps our name to ("" when none); None when it cannot be reached."""
         try:
             ns = locate_ns(self.settings)
         except Pyro4.errors.PyroError:
             return None
         with ns:
             try:
-                return str(ns.lookup(self.name)) == str(self.uri)
-            except Pyro4.errors.NamingError:
-                return False
+                # list() answers plain strings; lookup() would rebuild a URI object.
+                return str(ns.list(prefix=self.name).get(self.name, ""))
             except Pyro4.errors.PyroError:
                 return None
 
     def _unregister(self) -> None:
         try:
             with locate_ns(self.settings) as ns:
-                if str(ns.lookup(self.name)) == str(self.uri):
+                if ns.list(prefix=self.name).get(self.name) == str(self.uri):
                     ns.remove(self.name)
         except Pyro4.errors.PyroError as e:
             log.warning("cannot unregister %s: %s", self.name, e)
@@ -167,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-by-value", action="store_true",
                    help="accept cloudpickled functions from authenticated callers (needs a secret)")
     p.add_argument("--hmac-key-file", help="file holding the shared secret")
+    p.add_argument("--insecure", action="store_true",
+                   help="serve without a secret (anyone who can connect may call); loopback only")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log debug messages")
     return p
 
@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.from_env(ns=args.ns, host=args.host, hmac_key_file=args.hmac_key_file,
                                      allow_modules=modules or None)
+        require_secret(settings, args.insecure, "compute-worker", settings.host)
         configure_pyro(settings)
         worker = Worker(settings, name=args.name, port=args.port, script=args.script,
                         by_value=args.allow_by_value)

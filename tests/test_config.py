@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pyro_compute.config import DEFAULT_NS, ENV_PREFIX, Settings, parse_address
+from pyro_compute.config import DEFAULT_NS, ENV_PREFIX, Settings, is_loopback, parse_address, require_secret
 from pyro_compute.errors import ComputeError, ConfigError
 
 
@@ -104,8 +104,19 @@ def test_as_env_names_every_field() -> None:
 env_text = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=20)
 
 
+def _not_wildcard(host: str) -> bool:
+    try:
+        Settings(host=host)
+        return True
+    except ConfigError:  # 0.0.0.0, ::, ... are refused; test_a_wildcard_host_is_refused covers them
+        return False
+
+
+host_text = st.one_of(env_text, st.sampled_from(["::", "0.0.0.0", "[::]", " ", ""])).filter(_not_wildcard)
+
+
 @given(st.builds(
-    Settings, ns=env_text, hmac_key=env_text, hmac_key_file=env_text, host=env_text,
+    Settings, ns=env_text, hmac_key=env_text, hmac_key_file=env_text, host=host_text,
     call_timeout=st.floats(allow_nan=False), max_retries=st.integers(-10, 10**6),
     worker_wait=st.floats(allow_nan=False), max_message_size=st.integers(0, 2**40),
     allow_modules=env_text, discovery_interval=st.floats(allow_nan=False)))
@@ -178,3 +189,31 @@ def test_empty_hmac_key_file_is_a_config_error(tmp_path: Path, content: str) -> 
 def test_hmac_key_file_that_is_a_directory_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         Settings(hmac_key_file=str(tmp_path)).hmac_bytes
+
+
+@pytest.mark.parametrize("value", ["", " ", "\t"])
+def test_an_empty_host_means_the_loopback_default(value: str) -> None:
+    assert Settings.from_env({"PYRO_COMPUTE_HOST": value}).host == "127.0.0.1"
+    assert Settings(host=value).host == "127.0.0.1"
+
+
+@pytest.mark.parametrize("value", ["0.0.0.0", "::", "[::]", "0:0:0:0:0:0:0:0"])
+def test_a_wildcard_host_is_refused_saying_what_to_give(value: str) -> None:
+    with pytest.raises(ConfigError, match="every interface.*PYRO_COMPUTE_HOST=10.0.0.7"):
+        Settings.from_env({"PYRO_COMPUTE_HOST": value})
+
+
+@pytest.mark.parametrize("host, loopback", [("127.0.0.1", True), ("127.8.9.10", True), ("::1", True),
+                                            ("[::1]", True), ("localhost", True), ("10.0.0.7", False),
+                                            ("192.168.1.1", False), ("no-such-host.invalid", False)])
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def test_require_secret() -> None:
+    assert require_secret(Settings(hmac_key="k"), False, "x", "10.0.0.7") == b"k"
+    assert require_secret(Settings(), True, "x", "127.0.0.1") is None
+    with pytest.raises(ConfigError, match="(?s)x needs a shared secret.*token_hex.*--insecure"):
+        require_secret(Settings(), False, "x", "127.0.0.1")
+    with pytest.raises(ConfigError, match="(?s)only on a loopback address.*not .10.0.0.7."):
+        require_secret(Settings(), True, "x", "10.0.0.7")

@@ -188,7 +188,7 @@ def test_pool_survives_a_host_losing_its_link_mid_map(net: Net, tmp_path: Path) 
     port = free_port(ns_host)
     procs = Processes(tmp_path)
     try:
-        procs.spawn("nameserver", [sys.executable, "-m", "Pyro4.naming", "-n", ns_host, "-p", str(port), "-x"],
+        procs.spawn("nameserver", [sys.executable, "-m", "pyro_compute.naming", "-n", ns_host, "-p", str(port), "-x"],
                     {"PYRO_HMAC_KEY": key, "PYRO_SERIALIZERS_ACCEPTED": "serpent"})
         worker_env = {"PYRO_COMPUTE_HMAC_KEY": key, "PYRO_COMPUTE_DISCOVERY_INTERVAL": "0.5",
                       "PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path])}

@@ -1,4 +1,4 @@
-"""compute-worker against real processes: a real pyro4-ns and real workers on 127.0.0.1, no mocks.
+"""compute-worker against real processes: the name server run-ns runs (pyro_compute.naming) and real workers on 127.0.0.1, no mocks.
 
 Plain calls use the session ``cluster``; tests that kill or restart processes start their own.
 """
@@ -88,10 +88,10 @@ class Processes:
                                     env=full_env)
 
     def start_nameserver(self) -> None:
-        """Run the real ``pyro4-ns`` on this port with the key; wait until it answers."""
-        env = {"PYRO_HMAC_KEY": self.key, "PYRO_SERIALIZERS_ACCEPTED": "serpent"}
-        self.nameserver = self._spawn("nameserver", [script("pyro4-ns"), "-n", HOST, "-p", str(self.port),
-                                                     "-x"], env)
+        """Run the name server that nameserver/run-ns runs on this port with the key; wait until it answers."""
+        env = {"PYRO_HMAC_KEY": self.key, "PYTHONPATH": os.pathsep.join(sys.path)}
+        self.nameserver = self._spawn("nameserver", [sys.executable, "-m", "pyro_compute.naming", "-n", HOST,
+                                                     "-p", str(self.port)], env)
 
         def answers() -> bool:
             assert self.nameserver is not None and self.nameserver.poll() is None, self.log_tail()
