@@ -12,6 +12,8 @@ import secrets
 import sys
 from typing import Any, Iterator
 
+import Pyro4.errors
+
 from . import futures
 from .cluster import LocalCluster
 from .config import NAME_PREFIX, Settings
@@ -117,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(globals()[f"_cmd_{args.command}"](args))
     except ComputeError as e:
         print(f"pyro-compute: error: {e}", file=sys.stderr)
+        return 1
+    except Pyro4.errors.PyroError as e:  # e.g. a worker that answered in a refused serializer
+        print(f"pyro-compute: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
 
 

@@ -19,6 +19,7 @@ import Pyro4.errors
 
 from .config import NAME_PREFIX, Settings
 from .errors import ClusterError
+from .wire import register_wire
 
 LOCALHOST = "127.0.0.1"
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class LocalCluster:
                  env: dict[str, str] | None = None, startup_timeout: float = 60.0,
                  by_value: bool = False) -> None:
         self.n_workers = _worker_count(n_workers)
+        register_wire()  # our own name-server lookups refuse pickle before any Pool exists
         self.settings = Settings.from_env(
             {}, ns=f"{LOCALHOST}:{free_port()}",
             hmac_key=secrets.token_hex(16) if hmac_key is None else hmac_key,
@@ -87,12 +89,12 @@ class LocalCluster:
     def start_nameserver(self, wait: bool = True) -> None:
         """Start (or restart) the name server on the cluster's port; wait until it answers."""
         host, port = self.settings.ns_address
-        # Name-server clients connect once per use, so a socket timeout costs them nothing and
-        # keeps idle strangers from holding its threads for good.
-        env = {"PYRO_HMAC_KEY": self.settings.hmac_key, "PYRO_SERIALIZERS_ACCEPTED": "serpent",
-               "PYRO_MAX_MESSAGE_SIZE": str(self.settings.max_message_size), "PYRO_COMMTIMEOUT": "10"}
-        self.nameserver = self._spawn("nameserver", [sys.executable, "-m", "Pyro4.naming", "-n", host,
-                                                     "-p", str(port), "-x"], env)
+        # pyro_compute.naming: Pyro4's name server on the guarded transport (strangers held in
+        # one select loop with a pre-auth budget), serpent only.
+        env = {"PYRO_HMAC_KEY": self.settings.hmac_key,
+               "PYRO_MAX_MESSAGE_SIZE": str(self.settings.max_message_size)}
+        self.nameserver = self._spawn("nameserver", [sys.executable, "-m", "pyro_compute.naming",
+                                                     "-n", host, "-p", str(port)], env)
         self._ns_procs.append(self.nameserver)
         if wait:
             self._wait_for_nameserver()
