@@ -84,6 +84,15 @@ class NameServer:
         self.close()
 
 
+def ns_names(address: str, key: str) -> dict[str, str]:
+    """Worker names and URIs in the name server at HOST:PORT."""
+    host, _, port = address.rpartition(":")
+    with Pyro4.Proxy(f"PYRO:{Pyro4.constants.NAMESERVER_NAME}@{host}:{port}") as ns:
+        ns._pyroHmacKey = key.encode()
+        ns._pyroTimeout = 5
+        return dict(ns.list(prefix=NAME_PREFIX))
+
+
 def wait_until(check: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
     """Poll ``check`` until it returns something true; fail with ``what`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout
