@@ -21,13 +21,12 @@ import select
 import signal
 import socket
 import sys
-import threading
 import time
 from typing import Any, Callable, NoReturn
 
 import Pyro4.errors
 
-from . import kernels
+from . import kernels, slurm
 from .config import NAME_PREFIX, Settings
 from .errors import ComputeError, ConfigError
 from .worker import Worker, build_parser, configure_pyro, locate_ns
@@ -63,9 +62,10 @@ def worker_count(text: str) -> int:
 
 def add_workers_argument(parser: argparse.ArgumentParser) -> None:
     """Add ``-n/--workers N|auto`` to a ``compute-worker`` style parser."""
-    parser.add_argument("-n", "--workers", type=worker_count, default=1, metavar="N|auto",
+    parser.add_argument("-n", "--workers", type=worker_count, metavar="N|auto",
                         help="serve N workers from one warmed, forked process (auto: one per core; "
-                             "default 1); each registers as NAME.0 ... NAME.N-1")
+                             "default 1, or under srun one per core of the task); each registers as "
+                             "NAME.0 ... NAME.N-1")
 
 
 @dataclasses.dataclass
@@ -106,7 +106,9 @@ class Supervisor:
         self.restart_delay = restart_delay
         self.slots = [_Slot(i, f"{base}.{i}", port + i if port else 0, delay=restart_delay)
                       for i in range(count)]
-        self._stop = threading.Event()
+        # A plain flag, not an Event: a signal handler that takes an Event's lock while the main
+        # thread holds it (a second SIGTERM inside the first handler) deadlocks.
+        self._stopping = False
         self._parent = os.getpid()
 
     def start(self) -> None:
@@ -131,9 +133,9 @@ class Supervisor:
         Args:
             watch: called with a timeout each round instead of sleeping; returning True stops.
         """
-        wait = watch or self._stop.wait
+        wait = watch or _sleep
         try:
-            while not self._stop.is_set() and not wait(0.2):
+            while not self._stopping and not wait(0.2):
                 now = time.monotonic()
                 for slot in self.slots:
                     if slot.pid and self._reaped(slot):
@@ -145,7 +147,7 @@ class Supervisor:
 
     def stop(self) -> None:
         """Ask ``run()`` to finish; safe from a signal handler and to call twice."""
-        self._stop.set()
+        self._stopping = True
 
     @property
     def pids(self) -> list[int]:
@@ -154,7 +156,7 @@ class Supervisor:
 
     def shutdown(self, timeout: float | None = None) -> None:
         """SIGTERM every child, wait for them to drain and unregister, kill those that do not."""
-        self._stop.set()
+        self._stopping = True
         if timeout is None:
             timeout = min(self.settings.call_timeout, 30.0) + 10.0
         for slot in self.slots:
@@ -183,7 +185,7 @@ class Supervisor:
         if pid == 0:
             return False
         code = os.waitstatus_to_exitcode(status)
-        if not self._stop.is_set():
+        if not self._stopping:
             how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
             log.warning("worker %s (pid %d) %s after %.1f s; starting it again", slot.name, slot.pid,
                         how, time.monotonic() - slot.started)
@@ -283,6 +285,10 @@ class _ChildWorker:
             raise SystemExit(0)
 
     def _on_signal(self, *_: Any) -> None:
+        # Slurm signals every process of a step and the supervisor forwards the same SIGTERM: a
+        # second handler inside the first one's Event.set would wait for that Event's lock forever.
+        if self._stopping:
+            return
         self._stopping = True
         worker: Worker | None = getattr(self, "worker", None)
         if worker is not None:
@@ -304,6 +310,11 @@ def _die_with_parent(parent: int) -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() != parent:  # the supervisor died before the prctl took effect
         raise SystemExit(0)
+
+
+def _sleep(seconds: float) -> bool:
+    time.sleep(seconds)
+    return False
 
 
 def _signal(pid: int, sig: int) -> None:
@@ -355,12 +366,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
+        slurm.apply_environment(args)  # under srun: name, name server, address and -n from Slurm
         settings = settings_from_args(args)
         configure_pyro(settings)
     except (ComputeError, OSError) as e:
         print(f"compute-worker: error: {e}", file=sys.stderr)
         return 2
-    return serve_many(settings, args.workers, name=args.name, port=args.port, script=args.script,
+    return serve_many(settings, args.workers or 1, name=args.name, port=args.port, script=args.script,
                       by_value=args.allow_by_value)
 
 
