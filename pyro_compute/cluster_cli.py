@@ -65,6 +65,8 @@ def run_hostfile(args: argparse.Namespace) -> int:
     script = os.path.abspath(args.script)
     if not os.path.isfile(script):
         raise ConfigError(f"no such script: {args.script}")
+    if getattr(args, "ns", None):
+        raise ConfigError("give either --ns (workers already running) or --hostfile (start them), not both")
     try:
         with _cluster(args, script) as cluster, Pool(settings=cluster.settings) as pool:
             run_script(pool, script, list(args.args))

@@ -300,3 +300,12 @@ def test_cluster_up_and_down(hosts: Hosts, tmp_path: Path) -> None:
         kill_all(leftovers(pid))
         if psutil.pid_exists(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_host_that_cannot_start_workers_fails_the_run_with_its_reason(hosts: Hosts, tmp_path: Path) -> None:
+    proc = launch(hosts, tmp_path, ["run"], "--python", "/nonexistent/python3", "script.py", "x")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert re.search(r"host[12] exited with status 127", err) and "/nonexistent/python3: No such file" in err, err
+    assert "Traceback" not in err
+    wait_until(lambda: not leftovers(proc.pid), 15, "processes were left behind")
