@@ -22,7 +22,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable, Iterable, NoReturn
 
 import Pyro4.errors
 
@@ -36,6 +36,7 @@ READY_TIMEOUT = 120.0  # seconds a forked child has to build its daemon (it may 
 MAX_RESTART_DELAY = 30.0
 STEADY_AFTER = 10.0  # a child that served this long before dying is restarted without delay growth
 _PR_SET_PDEATHSIG = 1
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def available_cores() -> int:
@@ -61,11 +62,14 @@ def worker_count(text: str) -> int:
 
 
 def add_workers_argument(parser: argparse.ArgumentParser) -> None:
-    """Add ``-n/--workers N|auto`` to a ``compute-worker`` style parser."""
-    parser.add_argument("-n", "--workers", type=worker_count, metavar="N|auto",
-                        help="serve N workers from one warmed, forked process (auto: one per core; "
-                             "default 1, or under srun one per core of the task); each registers as "
-                             "NAME.0 ... NAME.N-1")
+    """Add ``-n/--workers N|auto`` to a ``compute-worker`` style parser, unless it has it already."""
+    try:
+        parser.add_argument("-n", "--workers", type=worker_count, metavar="N|auto",
+                            help="serve N workers from one warmed, forked process (auto: one per core; "
+                                 "default 1, or under srun one per core of the task); each registers "
+                                 "as NAME.0 ... NAME.N-1")
+    except argparse.ArgumentError:
+        return  # worker.build_parser has it once -n is wired into compute-worker itself
 
 
 @dataclasses.dataclass
@@ -216,10 +220,16 @@ class Supervisor:
         read_fd, write_fd = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            os.close(read_fd)
-            self._child(slot, write_fd)
+        # Blocked across the fork: a SIGTERM meant for the child must reach its own handler,
+        # not the supervisor's that it inherits until it installs one.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                os.close(read_fd)
+                self._child(slot, write_fd, mask)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(write_fd)
         slot.pid, slot.started, slot.uri = pid, time.monotonic(), ""
         return read_fd
@@ -242,19 +252,25 @@ class Supervisor:
         raise ComputeError(f"worker {slot.name} (pid {slot.pid}) exited or did not start within "
                            f"{READY_TIMEOUT:.0f} s; see its log above")
 
-    def _child(self, slot: _Slot, fd: int) -> NoReturn:
+    def _child(self, slot: _Slot, fd: int, mask: Iterable[int]) -> NoReturn:
         """Serve ``slot`` in the forked child; never returns."""
         code = 1
         try:
             _die_with_parent(self._parent)
-            worker = _ChildWorker(self.settings, slot, self.script, self.by_value)
+            worker = _ChildWorker(self.settings, slot, self.script, self.by_value, mask)
             os.write(fd, f"ready {worker.worker.uri}\n".encode())
             os.close(fd)
+            fd = -1
             print(f"ready {worker.worker.name} {worker.worker.uri}", flush=True)
             worker.serve()
             code = 0
+        except SystemExit:
+            code = 0  # stopped before it served
         except (ComputeError, OSError) as e:
-            os.write(fd, f"error worker {slot.name} cannot start: {e}\n".encode())
+            if fd < 0:
+                log.error("worker %s failed: %s", slot.name, e)
+            else:
+                os.write(fd, f"error worker {slot.name} cannot start: {e}\n".encode())
             code = 2
         except BaseException:  # the child must never return into the supervisor's code
             log.exception("worker %s failed", slot.name)
@@ -277,9 +293,11 @@ class Supervisor:
 class _ChildWorker:
     """The Worker of one forked child, with SIGTERM/SIGINT handlers that stop it."""
 
-    def __init__(self, settings: Settings, slot: _Slot, script: str | None, by_value: bool) -> None:
+    def __init__(self, settings: Settings, slot: _Slot, script: str | None, by_value: bool,
+                 mask: Iterable[int]) -> None:
         self._stopping = False
         _handle_signals(self._on_signal)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a SIGTERM that came meanwhile lands here
         self.worker = Worker(settings, name=slot.name, port=slot.port, script=script, by_value=by_value)
         if self._stopping:
             raise SystemExit(0)
@@ -299,7 +317,7 @@ class _ChildWorker:
 
 
 def _handle_signals(handler: Callable[..., Any]) -> None:
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in _STOP_SIGNALS:
         signal.signal(sig, handler)
 
 

@@ -93,7 +93,7 @@ def ns_names(address: str, key: str) -> dict[str, str]:
         return dict(ns.list(prefix=NAME_PREFIX))
 
 
-def wait_until(check: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
+def wait_until(check: Callable[[], T], timeout: float, what: str | Callable[[], str], interval: float = 0.1) -> T:
     """Poll ``check`` until it returns something true; fail with ``what`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:
@@ -101,7 +101,7 @@ def wait_until(check: Callable[[], T], timeout: float, what: str, interval: floa
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {timeout:.0f} s")
+            raise AssertionError(f"{what() if callable(what) else what} within {timeout:.0f} s")
         time.sleep(interval)
 
 

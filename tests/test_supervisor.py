@@ -60,7 +60,7 @@ def test_forked_workers_serve_restart_and_stop(ns: NameServer, tmp_path: Path) -
     sup = start(ns, log, "-n", "2", "--name", "sup")
     try:
         names = wait_until(lambda: len(n := names_of(ns, "sup")) == 2 and n, 60,
-                           f"2 forked workers did not register\n{log.read_text()}")
+                           lambda: f"2 forked workers did not register\n{log.read_text()}")
         assert set(names) == {"sup.0", "sup.1"}
         children = {p.pid for p in psutil.Process(sup.pid).children()}
         pids = {name: call(uri, ns.key, "info")["pid"] for name, uri in names.items()}
@@ -73,7 +73,7 @@ def test_forked_workers_serve_restart_and_stop(ns: NameServer, tmp_path: Path) -
 
             os.kill(pids["sup.0"], signal.SIGKILL)
             again = wait_until(lambda: (u := names_of(ns, "sup").get("sup.0")) and u != names["sup.0"] and u,
-                               30, f"the killed worker was not restarted and registered again\n{log.read_text()}")
+                               30, lambda: f"the killed worker was not restarted and registered again\n{log.read_text()}")
             new_pid = call(again, ns.key, "info")["pid"]
             assert new_pid != pids["sup.0"] and psutil.Process(new_pid).ppid() == sup.pid
             assert pool.submit(remote_tasks.add, 2, 3).result(timeout=30) == 5
