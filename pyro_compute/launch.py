@@ -124,14 +124,15 @@ class SSHCluster:
         self._logs = tempfile.TemporaryDirectory(prefix="pyro-compute-ssh-")
         self._remotes: list[_Remote] = []
         self._stopped = threading.Event()
-        self._finalizer = weakref.finalize(self, _teardown, self._remotes, self._stopped, 40.0)
+        self._beater = threading.Thread(target=self._beat, name="ssh-heartbeat", daemon=True)
+        self._finalizer = weakref.finalize(self, _teardown, self._remotes, self._stopped, self._beater, 40.0)
         try:
             ns_host = ns_host or self._guess_ns_host(list(ssh))
             self.ns = self._start_nameserver(ns_host)
             self.settings = Settings(ns=self.ns, hmac_key=self.secret)
             for i, host in enumerate(self.hosts):
                 self._remotes.append(self._start_host(i, host, list(ssh), python, allow_modules, by_value))
-            threading.Thread(target=self._beat, name="ssh-heartbeat", daemon=True).start()
+            self._beater.start()
             self._wait_for_workers(startup_timeout)
         except BaseException:
             self.close()
@@ -232,9 +233,11 @@ class SSHCluster:
         self.close()
 
 
-def _teardown(remotes: list[_Remote], stopped: threading.Event, timeout: float) -> None:
+def _teardown(remotes: list[_Remote], stopped: threading.Event, beater: threading.Thread, timeout: float) -> None:
     """Workers' stdin first (the name server must outlive their unregistering), then the name server."""
     stopped.set()
+    if beater.is_alive():
+        beater.join(timeout=timeout)
     workers, nameservers = remotes[1:], remotes[:1]
     for group in (workers, nameservers):
         for r in group:
