@@ -155,10 +155,15 @@ def _up_detached(args: argparse.Namespace) -> int:
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-    while not state.exists():
-        if proc.poll() is not None:
-            raise ClusterError(f"the cluster did not start:\n{log_path.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.1)
+    try:
+        while not state.exists():
+            if proc.poll() is not None:
+                raise ClusterError(f"the cluster did not start:\n{log_path.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        proc.terminate()  # it stops whatever it started so far
+        proc.wait(timeout=60)
+        raise
     info = json.loads(state.read_text())
     print(f"export PYRO_COMPUTE_NS={info['ns']}\nexport PYRO_COMPUTE_HMAC_KEY_FILE={shlex.quote(info['key_file'])}")
     print(f"# {info['workers']} workers; log in {log_path}; stop with: pyro-compute cluster down", file=sys.stderr)
@@ -223,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     except ComputeError as e:
         print(f"pyro-compute: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("pyro-compute: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

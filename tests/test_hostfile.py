@@ -309,3 +309,19 @@ def test_a_host_that_cannot_start_workers_fails_the_run_with_its_reason(hosts: H
     assert re.search(r"host[12] exited with status 127", err) and "/nonexistent/python3: No such file" in err, err
     assert "Traceback" not in err
     wait_until(lambda: not leftovers(proc.pid), 15, "processes were left behind")
+
+
+def test_localhost_lines_start_their_workers_here_without_ssh(tmp_path: Path) -> None:
+    (tmp_path / "hosts").write_text("localhost 2\n")
+    (tmp_path / "script.py").write_text(
+        "import os\nfrom pyro_compute import futures\n\ndef f(x):\n    return x + 1, os.getppid()\n\n"
+        "if __name__ == '__main__':\n    r = list(futures.map(f, range(30)))\n"
+        "    print(sum(a for a, _ in r), len({p for _, p in r}), r[0][1] != os.getpid())\n")
+    proc = subprocess.Popen([sys.executable, "-m", "pyro_compute.cluster_cli", "run", "--hostfile",
+                             str(tmp_path / "hosts"), "--ssh", "/nonexistent/ssh", "--python", sys.executable,
+                             str(tmp_path / "script.py")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert out.split() == [str(sum(range(1, 31))), "1", "True"], "workers forked by one supervisor, not the launcher"
+    wait_until(lambda: not leftovers(proc.pid), 15, "processes were left behind")
