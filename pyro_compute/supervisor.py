@@ -122,13 +122,17 @@ class Supervisor:
             ComputeError: a worker could not start (its reason is in the message); the others are stopped.
         """
         kernels.warm_up()
-        started = [(slot, self._fork(slot)) for slot in self.slots]
+        pipes: list[int] = []
         try:
-            for slot, fd in started:
+            pipes += [self._fork(slot) for slot in self.slots]
+            for slot, fd in zip(self.slots, pipes):
                 self._await_ready(slot, fd)
         except BaseException:
             self.shutdown()
             raise
+        finally:
+            for fd in pipes:
+                _close_quietly(fd)
         log.info("supervisor %d serves %d workers", os.getpid(), len(self.slots))
 
     def run(self, watch: Callable[[float], bool] | None = None) -> None:
@@ -206,13 +210,18 @@ class Supervisor:
     def _restart(self, slot: _Slot) -> None:
         self._unregister_dead(slot)
         try:
-            self._await_ready(slot, self._fork(slot))
+            fd = self._fork(slot)
+            try:
+                self._await_ready(slot, fd)
+            finally:
+                _close_quietly(fd)
             log.info("worker %s serves again (pid %d)", slot.name, slot.pid)
-        except ComputeError as e:
+        except (ComputeError, OSError) as e:
             log.warning("worker %s did not restart: %s", slot.name, e)
-            _signal(slot.pid, signal.SIGKILL)
-            os.waitpid(slot.pid, 0)
-            slot.pid = 0
+            if slot.pid:
+                _signal(slot.pid, signal.SIGKILL)
+                os.waitpid(slot.pid, 0)
+                slot.pid = 0
             self._schedule_restart(slot, time.monotonic())
 
     def _fork(self, slot: _Slot) -> int:
@@ -240,13 +249,20 @@ class Supervisor:
         Raises:
             ComputeError: the child reported an error, exited, or said nothing in time.
         """
-        with os.fdopen(fd, "rb") as pipe:
-            ready, _, _ = select.select([pipe], [], [], READY_TIMEOUT)
-            line = pipe.readline().decode(errors="replace").strip() if ready else ""
-        kind, _, text = line.partition(" ")
+        line, deadline = b"", time.monotonic() + READY_TIMEOUT
+        # In short steps, so that a SIGTERM does not wait for a child that hangs while starting.
+        while not line.endswith(b"\n") and not self._stopping and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.2)[0]:
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    break
+                line += chunk
+        kind, _, text = line.decode(errors="replace").strip().partition(" ")
         if kind == "ready":
             slot.uri = text
             return
+        if self._stopping:
+            return  # asked to stop meanwhile: run() stops this child with the others
         if kind == "error":
             raise ComputeError(text)
         raise ComputeError(f"worker {slot.name} (pid {slot.pid}) exited or did not start within "
@@ -340,6 +356,13 @@ def _signal(pid: int, sig: int) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass  # it exited on its own; waitpid collects it
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        return  # closed already
 
 
 def _flush_quietly() -> None:
