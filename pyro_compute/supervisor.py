@@ -13,6 +13,7 @@ Pyro4), so N workers cost much less than N separately started ones and come up w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import dataclasses
 import logging
@@ -352,25 +353,19 @@ def _sleep(seconds: float) -> bool:
 
 
 def _signal(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):  # it exited on its own; waitpid collects it
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass  # it exited on its own; waitpid collects it
 
 
 def _close_quietly(fd: int) -> None:
-    try:
+    with contextlib.suppress(OSError):  # closed already
         os.close(fd)
-    except OSError:
-        return  # closed already
 
 
 def _flush_quietly() -> None:
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more to say
             stream.flush()
-        except (OSError, ValueError):
-            continue  # a closed pipe: nothing more to say
 
 
 def serve_many(settings: Settings, count: int, name: str | None = None, port: int = 0,
