@@ -1,0 +1,416 @@
+"""``compute-worker -n N``: warm the kernels once, fork N workers from that process, keep them serving.
+
+::
+
+    supervisor (warm kernels, no sockets, no threads)
+      ├── fork → Worker NAME.0   (its own daemon, registered as pyro_compute.evaluator.NAME.0)
+      ├── fork → Worker NAME.1
+      └── ...    a child that dies is forked again under the same name; SIGTERM stops them all
+
+The children share the warm parent's memory copy-on-write (Numba's compiled kernels, NumPy,
+Pyro4), so N workers cost much less than N separately started ones and come up without compiling.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import dataclasses
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from typing import Any, Callable, Iterable, NoReturn
+
+import Pyro4.errors
+
+from . import kernels, slurm
+from .config import NAME_PREFIX, Settings
+from .errors import ComputeError, ConfigError
+from .worker import Worker, build_parser, configure_pyro, locate_ns
+
+log = logging.getLogger(__name__)
+READY_TIMEOUT = 120.0  # seconds a forked child has to build its daemon (it may import a script)
+MAX_RESTART_DELAY = 30.0
+STEADY_AFTER = 10.0  # a child that served this long before dying is restarted without delay growth
+_PR_SET_PDEATHSIG = 1
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def available_cores() -> int:
+    """Cores this process may run on (the affinity mask: taskset, cgroups, Slurm), at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def worker_count(text: str) -> int:
+    """Parse ``-n``: a whole number of at least 1, or ``auto`` for one worker per available core."""
+    if text.strip().lower() == "auto":
+        return available_cores()
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers; give a whole "
+                                         "number such as 4, or 'auto' for one per core") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} workers cannot serve anything; give at least 1, "
+                                         "or 'auto' for one per core")
+    return value
+
+
+def add_workers_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``-n/--workers N|auto`` to a ``compute-worker`` style parser, unless it has it already."""
+    try:
+        parser.add_argument("-n", "--workers", type=worker_count, metavar="N|auto",
+                            help="serve N workers from one warmed, forked process (auto: one per core; "
+                                 "default 1, or under srun one per core of the task); each registers "
+                                 "as NAME.0 ... NAME.N-1")
+    except argparse.ArgumentError:
+        return  # worker.build_parser has it once -n is wired into compute-worker itself
+
+
+@dataclasses.dataclass
+class _Slot:
+    """One supervised child: its stable name and the process serving it now."""
+
+    index: int
+    name: str
+    port: int
+    pid: int = 0
+    started: float = 0.0
+    delay: float = 0.0
+    restart_at: float = 0.0
+    uri: str = ""
+
+
+class Supervisor:
+    """Fork ``count`` workers from this (warmed) process and keep each one serving until stopped.
+
+    Args:
+        settings: the settings every worker uses (name server, secret, bind host, ...).
+        count: how many workers.
+        name: base name; worker i registers as ``pyro_compute.evaluator.NAME.i`` (default HOST.PID).
+        port: first port; worker i binds ``port + i`` (0: any free port for each).
+        script: a script whose functions callers may run, as for ``compute-worker --script``.
+        by_value: let the workers accept functions by value (needs a secret).
+        restart_delay: seconds before a crashed child is forked again; doubles while it keeps crashing.
+    """
+
+    def __init__(self, settings: Settings, count: int, name: str | None = None, port: int = 0,
+                 script: str | None = None, by_value: bool = False, restart_delay: float = 0.5) -> None:
+        if count < 1:
+            raise ConfigError(f"a supervisor needs at least one worker, not {count}")
+        base = name or f"{socket.gethostname()}.{os.getpid()}"
+        self.settings = settings
+        self.script = script
+        self.by_value = by_value
+        self.restart_delay = restart_delay
+        self.slots = [_Slot(i, f"{base}.{i}", port + i if port else 0, delay=restart_delay)
+                      for i in range(count)]
+        # A plain flag, not an Event: a signal handler that takes an Event's lock while the main
+        # thread holds it (a second SIGTERM inside the first handler) deadlocks.
+        self._stopping = False
+        self._parent = os.getpid()
+
+    def start(self) -> None:
+        """Warm the kernels, fork every worker and wait until each has built its daemon.
+
+        Raises:
+            ComputeError: a worker could not start (its reason is in the message); the others are stopped.
+        """
+        kernels.warm_up()
+        pipes: list[int] = []
+        try:
+            pipes += [self._fork(slot) for slot in self.slots]
+            for slot, fd in zip(self.slots, pipes):
+                self._await_ready(slot, fd)
+        except BaseException:
+            self.shutdown()
+            raise
+        finally:
+            for fd in pipes:
+                _close_quietly(fd)
+        log.info("supervisor %d serves %d workers", os.getpid(), len(self.slots))
+
+    def run(self, watch: Callable[[float], bool] | None = None) -> None:
+        """Restart children that die until ``stop()``; then stop them all (they drain and unregister).
+
+        Args:
+            watch: called with a timeout each round instead of sleeping; returning True stops.
+        """
+        wait = watch or _sleep
+        try:
+            while not self._stopping and not wait(0.2):
+                now = time.monotonic()
+                for slot in self.slots:
+                    if slot.pid and self._reaped(slot):
+                        self._schedule_restart(slot, now)
+                    elif not slot.pid and now >= slot.restart_at:
+                        self._restart(slot)
+        finally:
+            self.shutdown()
+
+    def stop(self) -> None:
+        """Ask ``run()`` to finish; safe from a signal handler and to call twice."""
+        self._stopping = True
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the children alive now."""
+        return [slot.pid for slot in self.slots if slot.pid]
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """SIGTERM every child, wait for them to drain and unregister, kill those that do not."""
+        self._stopping = True
+        if timeout is None:
+            timeout = min(self.settings.call_timeout, 30.0) + 10.0
+        for slot in self.slots:
+            if slot.pid:
+                _signal(slot.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while self.pids and time.monotonic() < deadline:
+            for slot in self.slots:
+                if slot.pid:
+                    self._reaped(slot)
+            time.sleep(0.05)
+        for slot in self.slots:
+            if slot.pid:
+                log.warning("worker %s (pid %d) did not stop in %.0f s; killing it", slot.name, slot.pid, timeout)
+                _signal(slot.pid, signal.SIGKILL)
+                os.waitpid(slot.pid, 0)
+                slot.pid = 0
+                self._unregister_dead(slot)
+
+    def _reaped(self, slot: _Slot) -> bool:
+        """Whether the slot's child has exited (and was reaped); logs an unexpected exit."""
+        try:
+            pid, status = os.waitpid(slot.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = slot.pid, 0
+        if pid == 0:
+            return False
+        code = os.waitstatus_to_exitcode(status)
+        if not self._stopping:
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            log.warning("worker %s (pid %d) %s after %.1f s; starting it again", slot.name, slot.pid,
+                        how, time.monotonic() - slot.started)
+        slot.pid = 0
+        return True
+
+    def _schedule_restart(self, slot: _Slot, now: float) -> None:
+        """Restart soon; back off while the child keeps dying young."""
+        if now - slot.started >= STEADY_AFTER:
+            slot.delay = self.restart_delay
+        slot.restart_at = now + slot.delay
+        slot.delay = min(slot.delay * 2, MAX_RESTART_DELAY)
+
+    def _restart(self, slot: _Slot) -> None:
+        self._unregister_dead(slot)
+        try:
+            fd = self._fork(slot)
+            try:
+                self._await_ready(slot, fd)
+            finally:
+                _close_quietly(fd)
+            log.info("worker %s serves again (pid %d)", slot.name, slot.pid)
+        except (ComputeError, OSError) as e:
+            log.warning("worker %s did not restart: %s", slot.name, e)
+            if slot.pid:
+                _signal(slot.pid, signal.SIGKILL)
+                os.waitpid(slot.pid, 0)
+                slot.pid = 0
+            self._schedule_restart(slot, time.monotonic())
+
+    def _fork(self, slot: _Slot) -> int:
+        """Fork one child serving ``slot``; return the read end of its readiness pipe."""
+        read_fd, write_fd = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Blocked across the fork: a SIGTERM meant for the child must reach its own handler,
+        # not the supervisor's that it inherits until it installs one.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                os.close(read_fd)
+                self._child(slot, write_fd, mask)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        os.close(write_fd)
+        slot.pid, slot.started, slot.uri = pid, time.monotonic(), ""
+        return read_fd
+
+    def _await_ready(self, slot: _Slot, fd: int) -> None:
+        """Read the child's ``ready URI`` or ``error TEXT`` line.
+
+        Raises:
+            ComputeError: the child reported an error, exited, or said nothing in time.
+        """
+        line, deadline = b"", time.monotonic() + READY_TIMEOUT
+        # In short steps, so that a SIGTERM does not wait for a child that hangs while starting.
+        while not line.endswith(b"\n") and not self._stopping and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.2)[0]:
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    break
+                line += chunk
+        kind, _, text = line.decode(errors="replace").strip().partition(" ")
+        if kind == "ready":
+            slot.uri = text
+            return
+        if self._stopping:
+            return  # asked to stop meanwhile: run() stops this child with the others
+        if kind == "error":
+            raise ComputeError(text)
+        raise ComputeError(f"worker {slot.name} (pid {slot.pid}) exited or did not start within "
+                           f"{READY_TIMEOUT:.0f} s; see its log above")
+
+    def _child(self, slot: _Slot, fd: int, mask: Iterable[int]) -> NoReturn:
+        """Serve ``slot`` in the forked child; never returns."""
+        code = 1
+        try:
+            _die_with_parent(self._parent)
+            worker = _ChildWorker(self.settings, slot, self.script, self.by_value, mask)
+            os.write(fd, f"ready {worker.worker.uri}\n".encode())
+            os.close(fd)
+            fd = -1
+            print(f"ready {worker.worker.name} {worker.worker.uri}", flush=True)
+            worker.serve()
+            code = 0
+        except SystemExit:
+            code = 0  # stopped before it served
+        except (ComputeError, OSError) as e:
+            if fd < 0:
+                log.error("worker %s failed: %s", slot.name, e)
+            else:
+                os.write(fd, f"error worker {slot.name} cannot start: {e}\n".encode())
+            code = 2
+        except BaseException:  # the child must never return into the supervisor's code
+            log.exception("worker %s failed", slot.name)
+        finally:
+            _flush_quietly()
+            os._exit(code)
+
+    def _unregister_dead(self, slot: _Slot) -> None:
+        """Remove a dead child's name from the name server if it still points at that child."""
+        if not slot.uri:
+            return
+        try:
+            with locate_ns(self.settings) as ns:
+                if str(ns.lookup(NAME_PREFIX + slot.name)) == slot.uri:
+                    ns.remove(NAME_PREFIX + slot.name)
+        except Pyro4.errors.PyroError as e:
+            log.debug("cannot remove the stale registration of %s: %s", slot.name, e)
+
+
+class _ChildWorker:
+    """The Worker of one forked child, with SIGTERM/SIGINT handlers that stop it."""
+
+    def __init__(self, settings: Settings, slot: _Slot, script: str | None, by_value: bool,
+                 mask: Iterable[int]) -> None:
+        self._stopping = False
+        _handle_signals(self._on_signal)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a SIGTERM that came meanwhile lands here
+        self.worker = Worker(settings, name=slot.name, port=slot.port, script=script, by_value=by_value)
+        if self._stopping:
+            raise SystemExit(0)
+
+    def _on_signal(self, *_: Any) -> None:
+        # Slurm signals every process of a step and the supervisor forwards the same SIGTERM: a
+        # second handler inside the first one's Event.set would wait for that Event's lock forever.
+        if self._stopping:
+            return
+        self._stopping = True
+        worker: Worker | None = getattr(self, "worker", None)
+        if worker is not None:
+            worker.stop()
+
+    def serve(self) -> None:
+        self.worker.serve()
+
+
+def _handle_signals(handler: Callable[..., Any]) -> None:
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, handler)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have Linux SIGTERM this child when the supervisor dies, even by SIGKILL."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # the supervisor died before the prctl took effect
+        raise SystemExit(0)
+
+
+def _sleep(seconds: float) -> bool:
+    time.sleep(seconds)
+    return False
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it exited on its own; waitpid collects it
+        os.kill(pid, sig)
+
+
+def _close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):  # closed already
+        os.close(fd)
+
+
+def _flush_quietly() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more to say
+            stream.flush()
+
+
+def serve_many(settings: Settings, count: int, name: str | None = None, port: int = 0,
+               script: str | None = None, by_value: bool = False,
+               watch: Callable[[float], bool] | None = None) -> int:
+    """Serve ``count`` forked workers until SIGTERM/SIGINT (or ``watch`` says stop); return the exit status.
+
+    Pyro4 must already be configured (``worker.configure_pyro``). Returns 2 when a worker cannot
+    start (the reason goes to stderr), 0 after a clean stop. ``watch`` is as for ``Supervisor.run``.
+    """
+    supervisor = Supervisor(settings, count, name=name, port=port, script=script, by_value=by_value)
+    _handle_signals(lambda *_: supervisor.stop())
+    try:
+        supervisor.start()
+    except ComputeError as e:
+        print(f"compute-worker: error: {e}", file=sys.stderr)
+        return 2
+    supervisor.run(watch)
+    return 0
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Settings from ``compute-worker`` arguments and ``PYRO_COMPUTE_*`` variables."""
+    modules = ",".join(filter(None, [os.environ.get("PYRO_COMPUTE_ALLOW_MODULES", ""), *args.allow_module]))
+    return Settings.from_env(ns=args.ns, host=args.host, hmac_key_file=args.hmac_key_file,
+                             allow_modules=modules or None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pyro_compute.supervisor``: ``compute-worker`` with ``-n N|auto``."""
+    parser = build_parser()
+    add_workers_argument(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        slurm.apply_environment(args)  # under srun: name, name server, address and -n from Slurm
+        settings = settings_from_args(args)
+        configure_pyro(settings)
+    except (ComputeError, OSError) as e:
+        print(f"compute-worker: error: {e}", file=sys.stderr)
+        return 2
+    return serve_many(settings, args.workers or 1, name=args.name, port=args.port, script=args.script,
+                      by_value=args.allow_by_value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
