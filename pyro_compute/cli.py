@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import Pyro4.errors
 
-from . import futures
+from . import cluster_cli, futures, slurm
 from .cluster import LocalCluster
 from .config import NAME_PREFIX, Settings
 from .errors import ComputeError
@@ -22,7 +22,7 @@ from .montecarlo import estimate_pi
 from .pool import Pool
 from .status import cluster_status
 
-COMMANDS = ("pi", "run", "status", "config")
+COMMANDS = ("pi", "run", "status", "config", "cluster", "slurm")
 DEFAULT_SAMPLES = 10**9
 
 
@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("script", help="the Python script to run")
     run.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
     _add_cluster_options(run)
+    cluster_cli.add_hostfile_options(run)
 
     status = sub.add_parser("status", help="list the registered workers and what they have done",
                             description="Show every worker registered in the name server: host, pid, "
@@ -104,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="print the effective settings",
                             description="Print the settings read from PYRO_COMPUTE_* variables.")
     config.add_argument("--json", action="store_true", help="print one JSON object")
+    cluster_cli.add_parser(sub)
+    slurm.add_parser(sub)
     return p
 
 
@@ -151,7 +154,13 @@ def _cmd_pi(args: argparse.Namespace) -> int:
     return 0
 
 
+_cmd_cluster = cluster_cli.cmd_cluster
+_cmd_slurm = slurm.cmd_slurm
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.hostfile:
+        return cluster_cli.run_hostfile(args)
     script = os.path.abspath(args.script)
     if not os.path.isfile(script):
         print(f"pyro-compute: error: no such script: {args.script}", file=sys.stderr)

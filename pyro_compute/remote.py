@@ -153,16 +153,19 @@ def run_worker(args: argparse.Namespace) -> int:
 def run_nameserver(args: argparse.Namespace) -> int:
     """Serve a Pyro4 name server with the header's secret until stdin closes."""
     import Pyro4
-    import Pyro4.naming
+
+    from .server import GuardedNameServerDaemon
+    from .wire import register_wire
 
     stdin = Stdin(timeout=args.timeout)
     header, _ = read_header(stdin)
     Pyro4.config.SERIALIZERS_ACCEPTED = {"serpent"}
+    Pyro4.config.SERIALIZER = "serpent"
     Pyro4.config.POLLTIMEOUT = 0.5  # how often the request loop checks stdin
-    Pyro4.config.COMMTIMEOUT = 10.0  # clients connect per use; idle strangers must not hold threads
-    uri, daemon, _ = Pyro4.naming.startNS(args.host, args.port, enableBroadcast=False,
-                                          hmac=header["secret"] or None)
-    print(f"ready {uri}", flush=True)
+    register_wire()
+    daemon = GuardedNameServerDaemon(args.host, args.port)  # strangers held as in run-ns
+    daemon._pyroHmacKey = header["secret"].encode() or None
+    print(f"ready {daemon.uriFor(daemon.nameserver)}", flush=True)
     with daemon:
         daemon.requestLoop(loopCondition=lambda: not stdin.gone(0))
     return 0

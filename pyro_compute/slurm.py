@@ -3,7 +3,7 @@
 The batch script (``pyro-compute slurm script|submit``) runs on the allocation's first node::
 
     name server on the first node (a secret made in the job, passed to srun in its environment)
-    srun --ntasks-per-node=1 python -m pyro_compute.supervisor    one per node, one worker per core
+    srun --ntasks-per-node=1 python -m pyro_compute.worker    one per node, one worker per core
     python -m pyro_compute.slurm wait                              until every core's worker registered
     python -m pyro_compute run --ns $PYRO_COMPUTE_NS SCRIPT ARGS   the script, on the first node
     on exit: workers stopped (they drain and unregister), then the name server
@@ -167,7 +167,7 @@ def sbatch_script(script: str, script_args: list[str], *, python: str = "python3
         '    $PYTHON -m Pyro4.naming -n "$NS_HOST" -p "${PYRO_COMPUTE_NS##*:}" -x &',
         "NS_PID=$!",
         'srun --ntasks-per-node=1 --overlap --cpus-per-task="${SLURM_CPUS_PER_TASK:-$SLURM_CPUS_ON_NODE}" \\',
-        f"    $PYTHON -m pyro_compute.supervisor --script {q(path)}{modules} &",
+        f"    $PYTHON -m pyro_compute.worker --script {q(path)}{modules} &",
         "WORKERS_PID=$!",
         "# SIGTERM reaches the workers themselves (killing srun would have Slurm kill them): they drain",
         "# and unregister; then the name server stops.",

@@ -27,10 +27,10 @@ from typing import Any, Callable, Iterable, NoReturn
 
 import Pyro4.errors
 
-from . import kernels, slurm
+from . import kernels
 from .config import NAME_PREFIX, Settings
 from .errors import ComputeError, ConfigError
-from .worker import Worker, build_parser, configure_pyro, locate_ns
+from .worker import Worker, locate_ns
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT = 120.0  # seconds a forked child has to build its daemon (it may import a script)
@@ -385,32 +385,3 @@ def serve_many(settings: Settings, count: int, name: str | None = None, port: in
         return 2
     supervisor.run(watch)
     return 0
-
-
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    """Settings from ``compute-worker`` arguments and ``PYRO_COMPUTE_*`` variables."""
-    modules = ",".join(filter(None, [os.environ.get("PYRO_COMPUTE_ALLOW_MODULES", ""), *args.allow_module]))
-    return Settings.from_env(ns=args.ns, host=args.host, hmac_key_file=args.hmac_key_file,
-                             allow_modules=modules or None)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m pyro_compute.supervisor``: ``compute-worker`` with ``-n N|auto``."""
-    parser = build_parser()
-    add_workers_argument(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        slurm.apply_environment(args)  # under srun: name, name server, address and -n from Slurm
-        settings = settings_from_args(args)
-        configure_pyro(settings)
-    except (ComputeError, OSError) as e:
-        print(f"compute-worker: error: {e}", file=sys.stderr)
-        return 2
-    return serve_many(settings, args.workers or 1, name=args.name, port=args.port, script=args.script,
-                      by_value=args.allow_by_value)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -168,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure", action="store_true",
                    help="serve without a secret (anyone who can connect may call); loopback only")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log debug messages")
+    from .supervisor import add_workers_argument  # here: supervisor imports this module
+    add_workers_argument(p)
     return p
 
 
@@ -177,11 +179,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     modules = ",".join(filter(None, [os.environ.get("PYRO_COMPUTE_ALLOW_MODULES", ""), *args.allow_module]))
+    from . import slurm, supervisor
     try:
+        slurm.apply_environment(args)  # under srun: name, name server, address and -n from Slurm
         settings = Settings.from_env(ns=args.ns, host=args.host, hmac_key_file=args.hmac_key_file,
                                      allow_modules=modules or None)
         require_secret(settings, args.insecure, "compute-worker", settings.host)
         configure_pyro(settings)
+        if (args.workers or 1) > 1:
+            return supervisor.serve_many(settings, args.workers, name=args.name, port=args.port,
+                                         script=args.script, by_value=args.allow_by_value)
         worker = Worker(settings, name=args.name, port=args.port, script=args.script,
                         by_value=args.allow_by_value)
     except (ComputeError, OSError) as e:

@@ -28,7 +28,7 @@ def ns(tmp_path: Path) -> Iterator[NameServer]:
         yield server
 
 
-def start(ns: NameServer, log: Path, *args: str, module: str = "pyro_compute.supervisor") -> subprocess.Popen[bytes]:
+def start(ns: NameServer, log: Path, *args: str, module: str = "pyro_compute.worker") -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen([sys.executable, "-m", module, "--ns", ns.address,
                                  "--allow-module", "remote_tasks", *args],
