@@ -84,7 +84,7 @@ const throughput = makeChart($("tp-chart"), {
 }, [[], [], []]);
 
 const piChart = makeChart($("pi-chart"), {
-  width: 540, height: 220,
+  width: 540, height: 220, legend: { show: false },
   scales: { x: { time: false, distr: 3, log: 10 } },
   axes: [{ label: "samples (log scale)", values: (u, vals) => vals.map((v) => isDecade(v) ? si(v, "") : "") },
          { label: "π", size: 80 }],
@@ -109,6 +109,7 @@ function laneColour(label) {
 function renderStream(tasks, now) {
   const canvas = $("task-stream"), ctx = canvas.getContext("2d");
   const lanes = [...new Set(tasks.map((t) => t.worker))].sort();
+  window.pcDash.lanes = lanes;
   const left = 150, width = canvas.width - left - 10, laneH = Math.max(8, Math.min(30, (canvas.height - 20) / Math.max(1, lanes.length)));
   const x = (t) => left + width * (1 - (now - t) / STREAM_SECONDS);
   ctx.clearRect(0, 0, canvas.width, canvas.height);
@@ -174,5 +175,5 @@ async function refresh() {
 }
 
 // For tests and curious users: the charts and how many refreshes have landed.
-window.pcDash = { throughput, piChart, updates: 0 };
+window.pcDash = { throughput, piChart, updates: 0, lanes: [] };
 refresh();
