@@ -12,7 +12,7 @@ import collections
 import logging
 import threading
 import time
-from typing import Any, Callable, Deque
+from typing import Any, Callable, Deque, Protocol
 
 from .config import Settings
 from .errors import ComputeError
@@ -147,6 +147,20 @@ class ClusterMonitor:
                 "window": self.window, "error": error, "workers": workers,
                 "series": {key: [p[key] for p in series] for key in
                            ("t", "samples_per_second", "tasks_per_second", "busy_workers", "workers")}}
+
+
+class RunReporter(Protocol):
+    """What a pool or ``estimate_pi`` reports a run to; ``DashboardRun`` is the one that shows it."""
+
+    def progress(self, done: int, total: int | None = None, *, queued: int | None = None,
+                 running: int | None = None) -> None:
+        """Report ``done`` of ``total`` tasks, and optionally how many are queued and running."""
+
+    def task(self, worker: str, start: float, end: float, label: str = "") -> None:
+        """Report one finished task: which worker ran it, from when to when (``time.time()``)."""
+
+    def pi(self, estimate: float, low: float, high: float, samples: int) -> None:
+        """Report the π estimate so far with its 95 % interval after ``samples`` points."""
 
 
 class DashboardRun:
