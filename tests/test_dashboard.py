@@ -244,6 +244,10 @@ def test_page_shows_workers_throughput_and_pi_live(cluster: LocalCluster, browse
             ".map(r => r.dataset.name)"))
             == sorted(workers.values()))
         wait_until("two refreshes", lambda: page(browser, "window.pcDash.updates") >= 2)
+        updates, polled = page(browser, "window.pcDash.updates"), get(server.url, "/api/history")
+        time.sleep(3.0)
+        assert page(browser, "window.pcDash.updates") - updates >= 3, "the page refreshes too slowly"
+        assert json.loads(get(server.url, "/api/history")[2])["polled_at"] > json.loads(polled[2])["polled_at"]
         chart_before = page(browser, "document.querySelector('#tp-chart canvas').toDataURL()")
         threads = [threading.Thread(target=run_pi, args=(pool, server.run, stop)),
                    threading.Thread(target=run_stream, args=(pool, server.run, workers, stop))]
@@ -259,8 +263,8 @@ def test_page_shows_workers_throughput_and_pi_live(cluster: LocalCluster, browse
                 browser, "Math.max(0, ...window.pcDash.throughput.data[1].slice(-3))") > 0)
             lanes = wait_until("task stream lanes", lambda: page(browser, "window.pcDash.lanes"))
             assert set(lanes) <= set(workers.values()), lanes
-            busy = page(browser, "[...document.querySelectorAll('#workers .state-busy')].length")
-            assert busy >= 1, "no worker shown busy while the run goes"
+            wait_until("a worker shown busy", lambda: page(
+                browser, "document.querySelectorAll('#workers .state-busy').length") >= 1)
             shot = tmp_path / "dashboard.png"
             assert browser.save_screenshot(str(shot))
             errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]

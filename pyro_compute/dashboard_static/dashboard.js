@@ -2,7 +2,7 @@
 "use strict";
 
 const PREFIX = "pyro_compute.evaluator.";
-const REFRESH_MS = 1000;
+const REFRESH_MS = 500;  // the server polls the cluster once a second; show each poll promptly
 const STREAM_SECONDS = 60;
 const $ = (id) => document.getElementById(id);
 
@@ -80,7 +80,7 @@ const throughput = makeChart($("tp-chart"), {
     { label: "tasks / s", scale: "tasks", side: 1, grid: { show: false } },
   ],
   series: [{}, { label: "samples/s", stroke: "#2a8", fill: "rgba(34,170,136,0.15)", width: 2 },
-           { label: "tasks/s", scale: "tasks", stroke: "#36c", width: 1 }],
+           { label: "tasks/s", scale: "tasks", stroke: "#36c", width: 1, dash: [5, 3] }],
 }, [[], [], []]);
 
 const piChart = makeChart($("pi-chart"), {
