@@ -101,6 +101,7 @@ def _number(text: str) -> float | None:
 class _Handler(http.server.BaseHTTPRequestHandler):
     server: DashboardServer
     protocol_version = "HTTP/1.1"
+    timeout = 30  # seconds an idle keep-alive connection may hold its thread
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         """Serve the page, its static files and the JSON API."""

@@ -20,6 +20,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import Pyro4
 import pytest
 
 import remote_tasks
@@ -200,6 +201,32 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         yield drv
     finally:
         drv.quit()
+
+
+@pytest.fixture
+def ghost(cluster: LocalCluster) -> Iterator[str]:
+    """A registration in the name server whose worker is gone (nothing listens on port 1)."""
+    name = "pyro_compute.evaluator.ghost-of-a-worker"
+    host, port = cluster.settings.ns_address
+    with Pyro4.locateNS(host, port, hmac_key=cluster.settings.hmac_bytes) as ns:
+        ns.register(name, "PYRO:obj_gone@127.0.0.1:1")
+    try:
+        yield name
+    finally:
+        with Pyro4.locateNS(host, port, hmac_key=cluster.settings.hmac_bytes) as ns:
+            ns.remove(name)
+
+
+def test_page_marks_unreachable_registrations(cluster: LocalCluster, ghost: str, browser: Any) -> None:
+    with DashboardServer(cluster.settings, port=0).start() as server:
+        rows = {r["name"]: r for r in json.loads(get(server.url, "/api/history")[2])["workers"]}
+        assert rows[ghost]["reachable"] is False and rows[ghost]["error"]
+        assert sum(r["reachable"] for r in rows.values()) == len(cluster.registered()) - 1
+        browser.get(server.url)
+        marked = wait_until("the ghost row marked unreachable", lambda: page(
+            browser, "[...document.querySelectorAll('#workers tr.unreachable')].map(r => r.dataset.name)"))
+        assert marked == [ghost]
+        assert "unreachable" in page(browser, "document.getElementById('worker-count').textContent")
 
 
 def run_pi(pool: Pool, run: DashboardRun, stop: threading.Event) -> None:
