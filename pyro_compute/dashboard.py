@@ -33,8 +33,11 @@ from importlib import resources
 from typing import Any
 
 from .config import Settings
-from .dashboard_state import POLL_INTERVAL, ClusterMonitor, DashboardRun
+from .dashboard_state import POLL_INTERVAL, ClusterMonitor, DashboardRun, RunReporter
 from .errors import ConfigError
+
+__all__ = ["DashboardRun", "DashboardServer", "RunReporter", "add_parser", "dashboard_token", "main",
+           "run", "serve_for_run"]
 
 log = logging.getLogger(__name__)
 
@@ -231,20 +234,22 @@ class DashboardServer(http.server.ThreadingHTTPServer):
         self.close()
 
 
-def serve_for_run(settings: Settings, *, title: str = "run", host: str = "127.0.0.1",
+def serve_for_run(settings: Settings, run: DashboardRun, *, host: str = "127.0.0.1",
                   port: int = 0) -> DashboardServer:
-    """Start a dashboard with a run's own view, for ``--dashboard``; report to its ``.run``.
+    """Start a dashboard that shows ``run`` beside the cluster, for ``--dashboard``.
 
     Usage::
 
-        with serve_for_run(pool.settings, title="pi") as dash:
-            print("dashboard:", dash.url, file=sys.stderr)
-            estimate_pi(pool, samples, seed, reporter=dash.run)
+        view = DashboardRun("pi, 4e9 samples")
+        with serve_for_run(pool.settings, view) as server:
+            print("dashboard:", server.url, file=sys.stderr)
+            estimate_pi(pool, samples, seed, reporter=view)
+            view.finish()
 
     Raises:
         ConfigError, OSError: as DashboardServer.
     """
-    return DashboardServer(settings, host, port, run=DashboardRun(title)).start()
+    return DashboardServer(settings, host, port, run=run).start()
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:

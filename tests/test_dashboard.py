@@ -262,9 +262,8 @@ def page(drv: Any, script: str) -> Any:
 def test_page_shows_workers_throughput_and_pi_live(cluster: LocalCluster, browser: Any,
                                                    tmp_path: Path) -> None:
     workers = {r["pid"]: r["name"] for r in cluster_status(cluster.settings) if r["reachable"]}
-    stop = threading.Event()
-    with serve_for_run(cluster.settings, title="pi, browser test") as server, \
-            Pool(cluster=cluster) as pool:
+    stop, view = threading.Event(), DashboardRun("pi, browser test")
+    with serve_for_run(cluster.settings, view) as server, Pool(cluster=cluster) as pool:
         browser.get(server.url)
         wait_until("the page listing every worker", lambda: sorted(page(
             browser, "[...document.querySelectorAll('#workers tbody tr:not(.unreachable)')]"
@@ -276,8 +275,8 @@ def test_page_shows_workers_throughput_and_pi_live(cluster: LocalCluster, browse
         assert page(browser, "window.pcDash.updates") - updates >= 3, "the page refreshes too slowly"
         assert json.loads(get(server.url, "/api/history")[2])["polled_at"] > json.loads(polled[2])["polled_at"]
         chart_before = page(browser, "document.querySelector('#tp-chart canvas').toDataURL()")
-        threads = [threading.Thread(target=run_pi, args=(pool, server.run, stop)),
-                   threading.Thread(target=run_stream, args=(pool, server.run, workers, stop))]
+        threads = [threading.Thread(target=run_pi, args=(pool, view, stop)),
+                   threading.Thread(target=run_stream, args=(pool, view, workers, stop))]
         for t in threads:
             t.start()
         try:
