@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import Pyro4.errors
 
-from . import cluster_cli, futures, slurm
+from . import cluster_cli, dashboard, futures, slurm
 from .cluster import LocalCluster
 from .config import NAME_PREFIX, Settings
 from .errors import ComputeError
@@ -22,7 +22,7 @@ from .montecarlo import estimate_pi
 from .pool import Pool
 from .status import cluster_status
 
-COMMANDS = ("pi", "run", "status", "config", "cluster", "slurm")
+COMMANDS = ("pi", "run", "status", "config", "dashboard", "cluster", "slurm")
 DEFAULT_SAMPLES = 10**9
 
 
@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "is below EPS")
     pi.add_argument("--json", action="store_true", help="print one JSON object")
     _add_cluster_options(pi)
+    pi.add_argument("--dashboard", nargs="?", const=0, type=int, metavar="PORT",
+                    help="serve a live page of this run on 127.0.0.1:PORT (default: a free port)")
 
     run = sub.add_parser("run", help="run a SCOOP-style script with its futures on the workers",
                          description="Run SCRIPT with 'from pyro_compute import futures' calls spread "
@@ -101,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--ns", metavar="HOST:PORT", help="name server (default: $PYRO_COMPUTE_NS)")
     status.add_argument("--json", action="store_true", help="print a JSON list, one object per worker")
     status.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+
+    dashboard.add_parser(sub)
 
     config = sub.add_parser("config", help="print the effective settings",
                             description="Print the settings read from PYRO_COMPUTE_* variables.")
@@ -139,11 +143,30 @@ def _pool(args: argparse.Namespace, script: str | None = None) -> Iterator[Pool]
         yield pool
 
 
+@contextlib.contextmanager
+def _run_view(args: argparse.Namespace, pool: Pool, title: str) -> Iterator[dashboard.DashboardRun | None]:
+    """The run's own dashboard when --dashboard was given, else None."""
+    if args.dashboard is None:
+        yield None
+        return
+    view = dashboard.DashboardRun(title)
+    with dashboard.serve_for_run(pool.settings, view, port=args.dashboard) as server:
+        print(f"dashboard: {server.url}", file=sys.stderr, flush=True)
+        try:
+            yield view
+        finally:
+            view.finish()
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    return dashboard.run(args)
+
+
 def _cmd_pi(args: argparse.Namespace) -> int:
     seed = secrets.randbits(63) if args.seed is None else args.seed
     samples = args.samples or (DEFAULT_SAMPLES if args.tol is None else 1)
-    with _pool(args) as pool:
-        est = estimate_pi(pool, samples, seed, args.tol, progress=sys.stderr.isatty())
+    with _pool(args) as pool, _run_view(args, pool, f"pi, {samples:.3g} samples, seed {seed}") as view:
+        est = estimate_pi(pool, samples, seed, args.tol, progress=sys.stderr.isatty(), reporter=view)
     if args.json:
         print(json.dumps({**dataclasses.asdict(est), "samples_per_second": est.samples_per_second}))
     else:

@@ -10,11 +10,14 @@ import dataclasses
 import itertools
 import math
 import time
-from typing import Generator, Iterable, Iterator
+from typing import TYPE_CHECKING, Generator, Iterable, Iterator
 
 from tqdm.auto import tqdm
 
 from .pool import Pool
+
+if TYPE_CHECKING:
+    from .dashboard_state import RunReporter
 
 TASK_SAMPLES = 1 << 25  # ~20 ms of kernel work: fine-grained enough to balance, coarse enough to hide RMI
 MIN_TASK_SAMPLES = 1 << 10
@@ -87,8 +90,15 @@ def task_sizes(samples: int | None) -> Iterator[int]:
     return itertools.chain(itertools.repeat(TASK_SAMPLES, full), [rest] if rest else [])
 
 
+def _report(reporter: RunReporter, hits: int, done: int, total: int | None) -> None:
+    """Tell a run's dashboard the estimate so far, its 95 % Wilson interval and the progress."""
+    low, high = pi_interval(hits, done, z=1.96)
+    reporter.pi(4.0 * hits / done, low, high, done)
+    reporter.progress(done, total)
+
+
 def estimate_pi(pool: Pool, samples: int, seed: int, tol: float | None = None,
-                progress: bool = False) -> PiEstimate:
+                progress: bool = False, reporter: RunReporter | None = None) -> PiEstimate:
     """Estimate π with ``samples`` points, or with at least ``samples`` and then until the error < ``tol``.
 
     The answer depends only on (samples, seed, tol): task ``i`` always gets the same size and
@@ -122,6 +132,8 @@ def estimate_pi(pool: Pool, samples: int, seed: int, tol: float | None = None,
             hits += h
             done += n
             bar.update(n)
+            if reporter is not None:
+                _report(reporter, hits, done, samples if tol is None else None)
             if done >= samples and (tol is None or pi_error(hits, done) < tol):
                 break
     finally:

@@ -305,3 +305,31 @@ def test_page_shows_workers_throughput_and_pi_live(cluster: LocalCluster, browse
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 20_000
     ARTIFACTS.mkdir(exist_ok=True)
     shutil.copy(shot, ARTIFACTS / "dashboard.png")
+
+
+def test_estimate_pi_reports_its_interval_and_progress(cluster: LocalCluster) -> None:
+    """estimate_pi(reporter=...) feeds the run's view: progress to the end, a 95 % interval around each estimate."""
+    from pyro_compute.montecarlo import TASK_SAMPLES, estimate_pi, pi_interval
+
+    run = DashboardRun("pi")
+    with Pool(cluster=cluster) as pool:
+        est = estimate_pi(pool, 4 * TASK_SAMPLES, seed=3, reporter=run)
+    state = run.snapshot()
+    assert state["progress"]["done"] == state["progress"]["total"] == est.samples
+    assert [p["samples"] for p in state["pi"]] == [TASK_SAMPLES * k for k in (1, 2, 3, 4)]
+    last = state["pi"][-1]
+    assert last["estimate"] == est.pi
+    assert (last["low"], last["high"]) == pi_interval(est.hits, est.samples, z=1.96)
+    assert last["low"] < est.low < est.pi < est.high < last["high"], "95 % is wider than one standard error"
+
+
+def test_pi_dashboard_flag_serves_the_run(cluster: LocalCluster, capsys: pytest.CaptureFixture[str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pyro-compute pi --dashboard` prints the page's address and the same estimate as without it."""
+    monkeypatch.setenv("PYRO_COMPUTE_HMAC_KEY", cluster.settings.hmac_key)
+    argv = ["pi", "--ns", cluster.ns, "--samples", "1e8", "--seed", "5", "--json"]
+    with_view = cli.main([*argv, "--dashboard"])
+    out, err = capsys.readouterr()
+    assert with_view == 0 and "dashboard: http://127.0.0.1:" in err
+    assert cli.main(argv) == 0
+    assert json.loads(out)["hits"] == json.loads(capsys.readouterr().out)["hits"]
