@@ -99,14 +99,14 @@ class Feeder(threading.Thread):
                 raise concurrent.futures.TimeoutError("map timed out waiting for results") from None
             if chunk is not None:
                 consumed += 1
-                with self.live_lock:
-                    self.live.discard(chunk)
                 yield chunk
         if self.error is not None:
             raise self.error
 
-    def release(self) -> None:
-        """One chunk was consumed: let the feeder put another in flight."""
+    def release(self, chunk: Chunk) -> None:
+        """``chunk`` was consumed: forget it and let the feeder put another in flight."""
+        with self.live_lock:
+            self.live.discard(chunk)
         self.slots.release()
 
     def stop(self) -> None:

@@ -183,8 +183,8 @@ class Pool(concurrent.futures.Executor):
             for chunk in feeder.chunks(deadline):
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 results, errors = chunk.future.result(remaining)
+                feeder.release(chunk)
                 del chunk  # nothing here keeps a consumed chunk's arguments alive
-                feeder.release()
                 bar.update(len(results))
                 yield from items(results, errors)
         finally:

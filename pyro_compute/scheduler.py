@@ -112,10 +112,10 @@ class Scheduler:
             RuntimeError: the pool or the interpreter is shutting down.
         """
         with self.lock:
-            if not fed and self.shutting_down:
-                raise RuntimeError("cannot schedule new tasks after the pool was shut down")
             if not fed and not threading.main_thread().is_alive():
                 raise RuntimeError("cannot schedule new tasks after interpreter shutdown")
+            if not fed and self.shutting_down:
+                raise RuntimeError("cannot schedule new tasks after the pool was shut down")
             self.pending.extend(chunks)
             self.wake_idle()
 
@@ -342,9 +342,7 @@ class Scheduler:
                 f"worker {link.name} closed the connection but still answers: "
                 + self.too_large(chunk, "the call or its result is")))
             return
-        log.warning("worker %s lost: %s", link.name, error)
-        if link.state == OK:
-            self.set_state(link, DOWN)
+        self.give_up_on(link, f"was lost ({error})")
         chunk.tried.append(link.name)
         if len(chunk.tried) < self.settings.max_retries:
             self.requeue(chunk)
