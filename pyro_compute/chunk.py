@@ -82,15 +82,17 @@ def with_remote_cause(exc: BaseException) -> BaseException:
 
 
 def items(results: list[Any], errors: list[list[Any]]) -> Iterator[Any]:
-    """Yield a chunk's results in order, raising the first task error where it stands."""
-    if not errors:
-        yield from results
-        return
+    """Yield a chunk's results in order, raising the first task error where it stands.
+
+    Each result leaves the list as it is yielded, so that the caller holds the only reference
+    to it (as with ``Executor.map``).
+    """
     failed = {e[0]: e for e in errors}
-    for i, value in enumerate(results):
+    results.reverse()
+    for i in range(len(results)):
         if i in failed:
             raise rebuild_error(failed[i])
-        yield value
+        yield results.pop()
 
 
 def child_seeds(seed: int, key: tuple[int, ...], start: int, count: int) -> list[int]:
