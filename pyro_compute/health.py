@@ -20,7 +20,8 @@ import Pyro4.errors
 
 from .config import NAME_PREFIX, Settings
 from .errors import WorkerUnavailableError
-from .scheduler import DOWN, OK, PIPELINE_SECONDS, RETIRED, Link, Scheduler, new_proxy, probe
+from .links import DOWN, OK, RETIRED, Link, new_proxy, probe
+from .scheduler import PIPELINE_SECONDS, Scheduler
 
 log = logging.getLogger(__name__)
 

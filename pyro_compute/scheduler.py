@@ -21,6 +21,7 @@ import Pyro4.errors
 from .chunk import Chunk, with_remote_cause
 from .config import Settings
 from .errors import WorkerUnavailableError
+from .links import DOWN, OK, RETIRED, Call, Dispatcher, Link, abort, connect, new_proxy, probe
 from .wire import from_serpent, is_plain, plain_rows
 
 log = logging.getLogger(__name__)
@@ -29,62 +30,6 @@ SLOTS = 2               # calls a worker may hold: one running, one queued behin
 TARGET_SECONDS = 0.02   # work carried by one RMI call once task times are known
 MAX_CHUNK = 4096
 PIPELINE_SECONDS = 0.05  # a second call is sent only behind a call expected to take less
-OK, DOWN, RETIRED = "ok", "down", "retired"
-
-
-class Call:
-    """A chunk sent to a worker: when it (last) started, how long it should take, on which proxy."""
-
-    __slots__ = ("chunk", "started", "expected", "proxy", "aborted")
-
-    def __init__(self, chunk: Chunk, started: float, expected: float | None) -> None:
-        self.chunk, self.started, self.expected = chunk, started, expected
-        self.proxy: Pyro4.Proxy | None = None
-        self.aborted = False  # health gave up on it and requeued its chunk
-
-
-class Link:
-    """A worker the pool knows: name, URI, health state and the calls it holds."""
-
-    def __init__(self, name: str, uri: str) -> None:
-        self.name, self.uri = name, uri
-        self.state = OK
-        self.calls: dict[int, Call] = {}
-        self.probing = False
-        self.last_probe = 0.0
-        self.dispatchers: list[Dispatcher] = []
-
-
-class Dispatcher:
-    """One thread sending one link's calls, with its own proxies and wake-up condition."""
-
-    def __init__(self, link: Link, slot: int, lock: threading.Lock) -> None:
-        self.link, self.slot = link, slot
-        self.wake = threading.Condition(lock)
-        self.thread: threading.Thread | None = None
-
-
-def probe(uri: str, settings: Settings) -> bool:
-    """Whether the worker at ``uri`` completes a fresh handshake within ``settings.probe_timeout``.
-
-    A busy worker answers (each connection has its own server thread; kernels release the
-    GIL); a stopped or hung one does not, although its kernel still accepts the TCP connection.
-    """
-    try:
-        with new_proxy(uri, "serpent", settings, settings.probe_timeout) as proxy:
-            proxy._pyroBind()
-        return True
-    except Pyro4.errors.CommunicationError:
-        return False
-
-
-def new_proxy(uri: str, serializer: str, settings: Settings, timeout: float) -> Pyro4.Proxy:
-    """A proxy with our secret, serializer and timeout (not connected yet)."""
-    proxy = Pyro4.Proxy(uri)
-    proxy._pyroSerializer = serializer
-    proxy._pyroHmacKey = settings.hmac_bytes
-    proxy._pyroTimeout = timeout
-    return proxy
 
 
 class Scheduler:
@@ -281,12 +226,12 @@ class Scheduler:
             args = marshal.dumps(chunk.args) if packed else chunk.args
             if packed and len(args) > self.settings.max_message_size:
                 raise Pyro4.errors.MessageTooLargeError(self.too_large(chunk, "its arguments are"))
-            connect(proxy, self.settings)
+            fresh = connect(proxy, self.settings)
             with self.lock:
                 call = d.link.calls.get(d.slot)
                 if call is None or call.aborted:
                     return None  # health gave up on this worker meanwhile; the chunk is requeued
-                call.proxy = proxy
+                call.proxy, call.fresh = proxy, fresh
             reply = proxy.batch(chunk.task, args, chunk.kwargs, chunk.seeds, chunk.code)
             if "packed" in reply:
                 reply["results"] = marshal.loads(reply["packed"])
@@ -310,8 +255,8 @@ class Scheduler:
 
     def finished(self, d: Dispatcher, chunk: Chunk, error: BaseException | None) -> None:
         """Account for a call; on a communication error decide between retry, requeue and fail."""
-        aborted = d.link.calls[d.slot].aborted
-        verdict = None if error is None or aborted else self.judge(d.link, chunk, error)
+        call = d.link.calls[d.slot]
+        verdict = None if error is None or call.aborted else self.judge(d.link, call, error)
         with self.lock:
             call = d.link.calls.pop(d.slot)
             self.busy -= 1
@@ -323,12 +268,13 @@ class Scheduler:
             self.wake_idle()
             self.check_over()
 
-    def judge(self, link: Link, chunk: Chunk, error: BaseException) -> str:
+    def judge(self, link: Link, call: Call, error: BaseException) -> str:
         """Classify a failed call (probing the worker, outside the lock): retry, lost or too large."""
         if isinstance(error, Pyro4.errors.ConnectionClosedError) and probe(link.uri, self.settings):
-            # An alive worker hung up: an idle connection it closed (retry on a fresh one),
-            # or, a second time on the same chunk, a message over its size limit.
-            return "retry" if chunk.hangups < 1 else "too large"
+            # A worker that still answers hung up. On a connection that sat idle it may have
+            # closed it as idle: reconnect and retry. On a connection made for this very call,
+            # it refused the message: over its size limit (ours or the result).
+            return "too large" if call.fresh or call.chunk.hangups >= 2 else "retry"
         return "lost"
 
     def settle_failure(self, link: Link, chunk: Chunk, error: BaseException | None, verdict: str) -> None:
@@ -392,22 +338,3 @@ class Scheduler:
                 for d in link.dispatchers:
                     if d.thread is not None and d.thread is not threading.current_thread():
                         d.thread.join(timeout=5)
-
-
-def connect(proxy: Pyro4.Proxy, settings: Settings) -> None:
-    """Connect ``proxy`` if it is not, with a short handshake timeout, then allow long calls."""
-    if proxy._pyroConnection is None:
-        proxy._pyroTimeout = settings.probe_timeout
-        proxy._pyroBind()
-    proxy._pyroTimeout = settings.call_timeout
-
-
-def abort(proxy: Pyro4.Proxy | None) -> None:
-    """Break the connection of a call blocked on a hung worker so its dispatcher is freed."""
-    conn = getattr(proxy, "_pyroConnection", None)
-    sock = getattr(conn, "sock", None)
-    if sock is not None:
-        try:
-            sock.shutdown(2)  # socket.SHUT_RDWR: recv() in the blocked thread returns at once
-        except OSError as e:
-            log.debug("aborting a call: %s", e)

@@ -6,6 +6,7 @@ import concurrent.futures as cf
 import gc
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -16,13 +17,13 @@ from typing import Any, Iterator
 
 import numpy as np
 import Pyro4
+import Pyro4.errors
 import pytest
 import remote_tasks
 from conftest import TESTS
 
 from pyro_compute import Pool, WorkerUnavailableError
 from pyro_compute.cluster import LocalCluster
-from pyro_compute.scheduler import probe
 
 T = 60
 
@@ -30,6 +31,18 @@ T = 60
 def make_cluster(n: int) -> LocalCluster:
     env = {"PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path])}
     return LocalCluster(n, allow_modules=["remote_tasks"], env=env)
+
+
+def answers(uri: str, cluster: LocalCluster) -> bool:
+    """Whether a worker completes a handshake (the test's own probe, independent of the pool)."""
+    try:
+        with Pyro4.Proxy(uri) as proxy:
+            proxy._pyroHmacKey = cluster.settings.hmac_bytes
+            proxy._pyroTimeout = 1.0
+            proxy._pyroBind()
+        return True
+    except Pyro4.errors.CommunicationError:
+        return False
 
 
 def worker_tasks(cluster: LocalCluster) -> int:
@@ -126,7 +139,7 @@ def test_workers_restarted_on_the_same_name_and_port_are_picked_up() -> None:
         for name, uri in places.items():
             c.start_worker("--name", name, "--port", str(uri.port), wait=False)
         uris = [str(u) for u in places.values()]
-        while not all(probe(u, c.settings) for u in uris):
+        while not all(answers(u, c) for u in uris):
             time.sleep(0.02)
         back = time.monotonic()
         assert future.result(timeout=T) == 5
@@ -356,3 +369,81 @@ def test_results_before_an_input_error_are_delivered_then_the_error(cluster: Loc
                                                timeout=T):
                 unordered.append(value)
         assert sorted(unordered) == [i * i for i in range(7)]
+
+
+# -- a worker that closes an idle connection is reconnected to, not given up on ---------------------
+
+class Relay:
+    """A TCP relay in front of a worker that can drop every connection, as an idle timeout does."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.accepted = 0
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.accepted += 1
+            self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self.pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass  # the other direction closed it
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed
+            s.close()
+
+    def drop_all(self) -> None:
+        for s in self.conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed
+        self.conns = []
+
+    def close(self) -> None:
+        self.drop_all()
+        self.server.close()
+        time.sleep(0.2)  # let the pumps close their sockets
+
+
+def test_a_worker_closing_idle_connections_is_reconnected_not_given_up() -> None:
+    with make_cluster(1) as c:
+        name, uri = next(iter(c.registered().items()))
+        target = Pyro4.URI(uri)
+        relay = Relay((target.host, target.port))
+        try:
+            relayed = f"{name}.relayed"
+            with Pyro4.locateNS(*c.settings.ns_address, hmac_key=c.settings.hmac_bytes) as ns:
+                ns.register(relayed, f"PYRO:{target.object}@127.0.0.1:{relay.port}")
+            with Pool(cluster=c) as pool:
+                assert sorted(pool.workers) == sorted([name, relayed])
+                tasks = [0.005] * 200
+                assert list(pool.map(remote_tasks.sleep_then, tasks, range(200), chunksize=1,
+                                     timeout=T)) == list(range(200))
+                before = relay.accepted
+                relay.drop_all()  # the worker "closed" every connection the pool had through it
+                time.sleep(0.2)
+                assert list(pool.map(remote_tasks.sleep_then, tasks, range(200), chunksize=1,
+                                     timeout=T)) == list(range(200))
+                assert relay.accepted > before  # the pool reconnected through the relay...
+                assert relayed in pool.workers  # ...and did not count the worker as lost
+        finally:
+            relay.close()
