@@ -1,9 +1,9 @@
-"""Health: follow the name server, probe workers whose calls overrun, revive those that answer.
+"""Health: follow the name server, probe workers whose calls run long, revive those that answer.
 
 Two threads per pool: ``pool-discovery`` scans the name server every ``discovery_interval``;
-``pool-health`` ticks every TICK seconds. A call past its expected time (and at least
-HUNG_AFTER) gets its worker probed with a fresh handshake; no answer within ``probe_timeout``
-marks the worker down and requeues its chunks. Down workers are probed again every
+``pool-health`` ticks every TICK seconds. A worker whose call has run for more than HUNG_AFTER
+is probed with a fresh handshake (again every ``discovery_interval``); no answer within
+``probe_timeout`` marks it down and requeues its chunks. Down workers are probed every
 ``discovery_interval`` and used again when they answer (resumed, or restarted on the same
 port). ``pool-health`` is not a daemon thread: the interpreter does not exit while tasks are
 queued or running, which is what the stdlib executors guarantee with a private atexit hook.
@@ -120,8 +120,9 @@ class Health:
         calls = sorted(link.calls.values(), key=lambda c: c.started)
         running = calls[0]
         late = now - running.started
-        if late > max(HUNG_AFTER, running.expected or 0.0) \
-                and now - link.last_probe >= self.settings.discovery_interval:
+        # Busy workers answer a probe at once, so probing every running call past HUNG_AFTER
+        # costs a handshake now and then and finds a stopped worker within seconds.
+        if late > HUNG_AFTER and now - link.last_probe >= self.settings.discovery_interval:
             self.start_probe(link)
         for queued in calls[1:]:
             # Pipelined behind a call that turned out long: let an idle worker run it too.

@@ -133,7 +133,7 @@ class Pool(concurrent.futures.Executor):
         call this method several times.
         """
         self._scheduler.shutdown(wait, cancel_futures)
-        if wait:
+        if wait and self._scheduler.over.is_set():  # else a map started before still runs
             self._health.join(timeout=5)
 
     @property
