@@ -77,12 +77,12 @@ def connect(proxy: Pyro4.Proxy, settings: Settings) -> bool:
     Returns:
         True if a new connection was made.
     """
-    fresh = proxy._pyroConnection is None
-    if fresh:
-        proxy._pyroTimeout = settings.probe_timeout
-        proxy._pyroBind()
+    if proxy._pyroConnection is not None:
+        return False
+    proxy._pyroTimeout = settings.probe_timeout
+    proxy._pyroBind()
     proxy._pyroTimeout = settings.call_timeout
-    return fresh
+    return True
 
 
 def abort(proxy: Pyro4.Proxy | None) -> None:

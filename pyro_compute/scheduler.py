@@ -160,11 +160,12 @@ class Scheduler:
             return
         now = time.monotonic()
         wanted = len(self.pending)
-        for d in sorted(self.idle, key=lambda d: len(d.link.calls)):
-            if wanted and self.may_take(d.link, now):
-                del self.idle[d]
-                d.wake.notify()
-                wanted -= 1
+        for pipelining in (False, True):  # idle workers first, then a second call behind a short one
+            for d in list(self.idle):
+                if wanted and bool(d.link.calls) == pipelining and self.may_take(d.link, now):
+                    del self.idle[d]
+                    d.wake.notify()
+                    wanted -= 1
 
     def next_chunk(self, d: Dispatcher) -> Chunk | None:
         """Block until ``d`` may send a chunk; None when its link retired or the pool is over."""
@@ -226,12 +227,13 @@ class Scheduler:
             args = marshal.dumps(chunk.args) if packed else chunk.args
             if packed and len(args) > self.settings.max_message_size:
                 raise Pyro4.errors.MessageTooLargeError(self.too_large(chunk, "its arguments are"))
-            fresh = connect(proxy, self.settings)
-            with self.lock:
-                call = d.link.calls.get(d.slot)
-                if call is None or call.aborted:
-                    return None  # health gave up on this worker meanwhile; the chunk is requeued
-                call.proxy, call.fresh = proxy, fresh
+            call = d.link.calls[d.slot]
+            call.fresh = connect(proxy, self.settings)
+            # No lock: give_up_on sets aborted before it reads proxy, we the reverse, so
+            # either we see aborted or it sees our proxy and breaks its connection.
+            call.proxy = proxy
+            if call.aborted:
+                return None  # health gave up on this worker meanwhile; the chunk is requeued
             reply = proxy.batch(chunk.task, args, chunk.kwargs, chunk.seeds, chunk.code)
             if "packed" in reply:
                 reply["results"] = marshal.loads(reply["packed"])
