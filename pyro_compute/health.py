@@ -108,6 +108,7 @@ class Health:
                 for link in list(sched.links.values()):
                     self.check(link, now)
                 self.check_starved(now)
+            sched.flush()
 
     def check(self, link: Link, now: float) -> None:
         """Probe an overdue or down worker; duplicate a chunk stuck behind an overrun call."""

@@ -47,6 +47,8 @@ class Scheduler:
         self.feeders = 0
         self.shutting_down = False
         self.over = threading.Event()  # shut down and nothing left to run: threads exit
+        # Futures fail outside the lock: their done callbacks may call submit().
+        self.deferred: list[tuple[Chunk, BaseException]] = []
 
     # -- work in ---------------------------------------------------------------------------
 
@@ -112,7 +114,7 @@ class Scheduler:
 
     def usable(self) -> list[str]:
         """Names of the workers taking work."""
-        return [n for n, link in self.links.items() if link.state == OK]
+        return [n for n, link in list(self.links.items()) if link.state == OK]
 
     # -- links -----------------------------------------------------------------------------
 
@@ -269,6 +271,7 @@ class Scheduler:
                 self.settle_failure(d.link, chunk, error, verdict)
             self.wake_idle()
             self.check_over()
+        self.flush()
 
     def judge(self, link: Link, call: Call, error: BaseException) -> str:
         """Classify a failed call (probing the worker, outside the lock): retry, lost or too large."""
@@ -286,18 +289,18 @@ class Scheduler:
             self.requeue(chunk)
             return
         if verdict == "too large":
-            chunk.fail(Pyro4.errors.MessageTooLargeError(
+            self.deferred.append((chunk, Pyro4.errors.MessageTooLargeError(
                 f"worker {link.name} closed the connection but still answers: "
-                + self.too_large(chunk, "the call or its result is")))
+                + self.too_large(chunk, "the call or its result is"))))
             return
         self.give_up_on(link, f"was lost ({error})")
         chunk.tried.append(link.name)
         if len(chunk.tried) < self.settings.max_retries:
             self.requeue(chunk)
         else:
-            chunk.fail(WorkerUnavailableError(
+            self.deferred.append((chunk, WorkerUnavailableError(
                 f"task {chunk.task} (chunk of {len(chunk.args)}) failed on {len(chunk.tried)} "
-                f"workers, which were lost: {', '.join(chunk.tried)}; last error: {error}"))
+                f"workers, which were lost: {', '.join(chunk.tried)}; last error: {error}")))
 
     # -- shutdown --------------------------------------------------------------------------
 
@@ -322,16 +325,24 @@ class Scheduler:
         while self.pending:
             chunk = self.pending.popleft()
             if chunk.future.running() or chunk.future.set_running_or_notify_cancel():
-                chunk.fail(error)
+                self.deferred.append((chunk, error))
         self.check_over()
+
+    def flush(self) -> None:
+        """Fail the futures ``deferred`` while the lock was held (call without the lock)."""
+        with self.lock:
+            todo, self.deferred = self.deferred, []
+        for chunk, error in todo:
+            chunk.fail(error)
 
     def shutdown(self, wait: bool, cancel_futures: bool) -> None:
         """Refuse new work, optionally cancel queued chunks, optionally wait for the rest."""
         with self.lock:
             self.shutting_down = True
-            if cancel_futures:
-                for chunk in self.pending:
-                    chunk.future.cancel()
+            queued = list(self.pending) if cancel_futures else []
+        for chunk in queued:
+            chunk.future.cancel()  # outside the lock: done callbacks run here
+        with self.lock:
             self.check_over()
             if wait:
                 self.changed.wait_for(lambda: not self.outstanding())

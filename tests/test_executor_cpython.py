@@ -201,6 +201,10 @@ def test_hang_issue12364(executor: Pool) -> None:
 
 def test_cancel_futures(executor: Pool) -> None:
     fs = [executor.submit(sched_tasks.sleep, 0.1) for _ in range(50)]
+    # Worker threads start at once; our dispatchers may lag the 50 submits on a loaded machine.
+    deadline = time.monotonic() + 10
+    while not fs[0].running() and time.monotonic() < deadline:
+        time.sleep(0.001)
     executor.shutdown(cancel_futures=True)
     cancelled = [f for f in fs if f.cancelled()]
     assert len(cancelled) > 20

@@ -447,3 +447,19 @@ def test_a_worker_closing_idle_connections_is_reconnected_not_given_up() -> None
                 assert relayed in pool.workers  # ...and did not count the worker as lost
         finally:
             relay.close()
+
+
+def test_done_callbacks_may_use_the_pool_when_shutdown_cancels_their_futures(cluster: LocalCluster) -> None:
+    pool = Pool(cluster=cluster)
+    blockers = [pool.submit(remote_tasks.sleep_then, 0.5, i) for i in range(2)]
+    time.sleep(0.2)
+    queued = [pool.submit(remote_tasks.sleep_then, 0.0, i) for i in range(5)]
+    seen: list[list[str]] = []
+    for f in queued:
+        f.add_done_callback(lambda _: seen.append(pool.workers))  # takes the scheduler's lock
+    stopper = threading.Thread(target=pool.shutdown, kwargs={"cancel_futures": True})
+    stopper.start()
+    stopper.join(T)
+    assert not stopper.is_alive(), "shutdown deadlocked in a done callback"
+    assert all(f.cancelled() for f in queued) and len(seen) == 5
+    assert [f.result(timeout=T) for f in blockers] == [0, 1]
