@@ -17,6 +17,7 @@ Data flow::
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -148,10 +149,15 @@ class Pool(concurrent.futures.Executor):
         """How ``fn`` travels: a reference, or (by_value pools) cloudpickled bytes."""
         if not (self.by_value and by_value_needed(fn)):
             return reference_of(fn), None
-        code = self._code.get(fn)
+        try:
+            code = self._code.get(fn)
+        except TypeError:  # not weakly referenceable: pickled anew on every call
+            code = None
         if code is None:
             import cloudpickle  # only by-value pools need it
-            code = self._code[fn] = cloudpickle.dumps(fn)
+            code = cloudpickle.dumps(fn)
+            with contextlib.suppress(TypeError):  # not weakly referenceable: not cached
+                self._code[fn] = code
         return f"by-value:{getattr(fn, '__qualname__', fn)}", code
 
     def _feed(self, fn: Callable[..., Any] | str, iterables: Sequence[Iterable[Any]],
