@@ -159,8 +159,9 @@ class Health:
         self.no_worker_since = self.no_worker_since or now
         if now - self.no_worker_since < self.settings.worker_wait:
             return
+        silent = ", ".join(sorted(sched.links)) or "none is registered"
         sched.fail_pending(WorkerUnavailableError(
             f"no worker was reachable through {self.settings.ns} for "
-            f"{self.settings.worker_wait:.0f} s; start workers with 'compute-worker --ns "
-            f"{self.settings.ns}' or check that they are not stopped"))
+            f"{self.settings.worker_wait:.0f} s (not answering: {silent}); start workers with "
+            f"'compute-worker --ns {self.settings.ns}' or check that they are not stopped"))
         self.no_worker_since = None
