@@ -34,9 +34,9 @@ T = 60
 def create_future(state: str = PENDING, exception: BaseException | None = None,
                   result: Any = None) -> cf.Future[Any]:
     f: cf.Future[Any] = cf.Future()
-    f._state = state  # type: ignore[attr-defined]
-    f._exception = exception  # type: ignore[attr-defined]
-    f._result = result  # type: ignore[attr-defined]
+    f._state = state  # type: ignore[attr-defined,unused-ignore]
+    f._exception = exception  # type: ignore[attr-defined,unused-ignore]
+    f._result = result  # type: ignore[attr-defined,unused-ignore]
     return f
 
 
@@ -117,7 +117,7 @@ def test_map_exception(executor: Pool) -> None:
 
 
 def test_map_timeout(executor: Pool) -> None:
-    results = []
+    results: list[Any] = []
     with pytest.raises(cf.TimeoutError):
         for i in executor.map(sched_tasks.sleep, [0, 0, 3], timeout=1.5):
             results.append(i)

@@ -103,9 +103,9 @@ def test_a_task_queued_behind_busy_workers_is_not_running_and_can_be_cancelled(c
 def test_a_stopped_worker_costs_seconds_and_is_used_again_after_sigcont() -> None:
     counts = [3 * 10**7] * 240
     with make_cluster(2) as c, Pool(cluster=c) as pool:  # shipped defaults
-        reference = list(pool.map("pi_hits", counts, seed=99, chunksize=1, timeout=T))
+        reference: list[int] = list(pool.map("pi_hits", counts, seed=99, chunksize=1, timeout=T))
         stopped = c.workers[0]
-        results = pool.map("pi_hits", counts, seed=99, chunksize=1, timeout=T)
+        results: Iterator[int] = pool.map("pi_hits", counts, seed=99, chunksize=1, timeout=T)
         try:
             got, _ = gaps(results, 20)
             stopped.send_signal(signal.SIGSTOP)
@@ -274,7 +274,7 @@ def test_closing_a_map_or_its_timeout_cancels_every_unstarted_task(cluster: Loca
         before = worker_tasks(cluster)
         results = pool.map(remote_tasks.sleep_then, [0.3] * 40, range(40), chunksize=1)
         assert next(results) == 0
-        results.close()
+        results.close()  # type: ignore[attr-defined]
         time.sleep(1.0)
         ran = worker_tasks(cluster) - before
         assert ran <= 6, f"{ran} of 40 tasks ran after the map was closed"
