@@ -53,7 +53,8 @@ class Pool(concurrent.futures.Executor):
             by value with cloudpickle; workers must run with ``--allow-by-value`` and a secret.
 
     Raises:
-        WorkerUnavailableError: the name server cannot be reached.
+        WorkerUnavailableError: the name server cannot be reached or does not answer within
+            ``settings.ns_timeout``.
     """
 
     def __init__(self, ns: str | None = None, *, cluster: Any = None, settings: Settings | None = None,
