@@ -14,23 +14,43 @@ from .errors import RemoteError, RemoteTraceback
 class Chunk:
     """Consecutive tasks that travel in one RMI call; ``future`` resolves once for all of them."""
 
-    __slots__ = ("task", "code", "args", "kwargs", "seeds", "future", "single", "tried")
+    __slots__ = ("task", "code", "args", "kwargs", "seeds", "future", "single", "tried", "hangups",
+                 "duplicated", "__weakref__")
 
     def __init__(self, task: tuple[str, bytes | None], args: list[tuple[Any, ...]],
                  kwargs: dict[str, Any] | None, seeds: list[int] | None, single: bool) -> None:
         (self.task, self.code), self.args, self.kwargs, self.seeds = task, args, kwargs, seeds
         self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self.single = single
-        self.tried: list[str] = []
+        self.tried: list[str] = []  # workers lost while running it
+        self.hangups = 0  # times a worker that still answers closed the connection on it
+        self.duplicated = False  # a copy was queued for another worker (the first result wins)
 
     def resolve(self, results: list[Any], errors: list[list[Any]]) -> None:
-        """Fill the future: a single task's value or exception, else ``(results, errors)``."""
+        """Fill the future: a single task's value or exception, else ``(results, errors)``.
+
+        A chunk may run on two workers (requeued from a hung one); the first outcome wins and
+        a late duplicate is dropped.
+        """
+        if self.future.done():
+            return
         if not self.single:
-            self.future.set_result((results, errors))
+            self._settle(self.future.set_result, (results, errors))
         elif errors:
-            self.future.set_exception(rebuild_error(errors[0]))
+            self._settle(self.future.set_exception, rebuild_error(errors[0]))
         else:
-            self.future.set_result(results[0])
+            self._settle(self.future.set_result, results[0])
+
+    def fail(self, exc: BaseException) -> None:
+        """Fail the chunk's future unless another copy of the chunk settled it first."""
+        if not self.future.done():
+            self._settle(self.future.set_exception, exc)
+
+    def _settle(self, setter: Any, value: Any) -> None:
+        try:
+            setter(value)
+        except concurrent.futures.InvalidStateError:
+            pass  # another copy of this chunk won the race by a hair: first result wins
 
 
 def rebuild_error(entry: Sequence[Any]) -> BaseException:
@@ -62,15 +82,17 @@ def with_remote_cause(exc: BaseException) -> BaseException:
 
 
 def items(results: list[Any], errors: list[list[Any]]) -> Iterator[Any]:
-    """Yield a chunk's results in order, raising the first task error where it stands."""
-    if not errors:
-        yield from results
-        return
+    """Yield a chunk's results in order, raising the first task error where it stands.
+
+    Each result leaves the list as it is yielded, so that the caller holds the only reference
+    to it (as with ``Executor.map``).
+    """
     failed = {e[0]: e for e in errors}
-    for i, value in enumerate(results):
+    results.reverse()
+    for i in range(len(results)):
         if i in failed:
             raise rebuild_error(failed[i])
-        yield value
+        yield results.pop()
 
 
 def child_seeds(seed: int, key: tuple[int, ...], start: int, count: int) -> list[int]:

@@ -35,7 +35,10 @@ class Settings:
         worker_wait: seconds a pool waits for a worker to appear before failing.
         max_message_size: largest Pyro4 message accepted, in bytes.
         allow_modules: comma-separated extra modules whose functions workers may call.
-        discovery_interval: seconds between name-server scans for new workers.
+        discovery_interval: seconds between name-server scans for new workers, and between
+            probes of a worker that stopped answering.
+        ns_timeout: seconds a pool waits for the name server to answer.
+        probe_timeout: seconds a worker has to answer a pool's handshake before it counts as hung.
     """
 
     ns: str = DEFAULT_NS
@@ -49,6 +52,8 @@ class Settings:
     max_message_size: int = 256 * 1024 * 1024
     allow_modules: str = ""
     discovery_interval: float = 2.0
+    ns_timeout: float = 5.0
+    probe_timeout: float = 1.0
 
     def __post_init__(self) -> None:
         host = self.host.strip().strip("[]")

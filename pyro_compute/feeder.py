@@ -16,20 +16,23 @@ class Feeder(threading.Thread):
     """Reads one map call's input lazily into chunks, keeping a bounded number in flight."""
 
     def __init__(self, task: tuple[str, bytes | None], args: Iterator[tuple[Any, ...]], *,
-                 total: int | None, size: Callable[[int | None], int], submit: Callable[[Chunk], None], in_flight: int,
-                 seed: int | None, key: tuple[int, ...], ordered: bool) -> None:
+                 total: int | None, size: Callable[[int | None], int], submit: Callable[[Chunk], None],
+                 done: Callable[[], None], in_flight: int, seed: int | None, key: tuple[int, ...],
+                 ordered: bool) -> None:
         """Args:
             task: the chunks' task reference and by-value code.
             args: argument tuples, read lazily.
             total: how many tuples ``args`` holds, if known.
             size: how many tasks the next chunk should carry, given how many remain (if known).
             submit: hands a chunk to the pool.
+            done: called once the feeder will submit nothing more.
             in_flight: most chunks submitted but not yet consumed.
             seed, key: task i gets child ``(*key, i)`` of ``SeedSequence(seed)``; no seeds if None.
             ordered: yield chunks in input order (else in completion order).
         """
-        super().__init__(name=f"feeder-{task[0]}", daemon=True)
+        super().__init__(name=f"pool-feeder-{task[0]}", daemon=True)
         self.task, self.args, self.total, self.size, self.submit = task, args, total, size, submit
+        self.on_done = done
         self.seed, self.key, self.ordered = seed, key, ordered
         self.slots = threading.Semaphore(in_flight)
         self.out: queue.SimpleQueue[Chunk | None] = queue.SimpleQueue()
@@ -43,30 +46,42 @@ class Feeder(threading.Thread):
     def run(self) -> None:
         index = 0
         try:
-            while not self.stopped:
+            while not self.stopped and self.error is None:
                 remaining = None if self.total is None else self.total - index
-                args = list(itertools.islice(self.args, self.size(remaining)))
+                args = self._take(self.size(remaining))
                 if not args:
                     break
                 seeds = None if self.seed is None else child_seeds(self.seed, self.key, index, len(args))
                 index += len(args)
-                chunk = Chunk(self.task, args, None, seeds, single=False)
                 self.slots.acquire()
                 if self.stopped:
                     break
-                if self.ordered:
-                    self.out.put(chunk)
-                else:
-                    chunk.future.add_done_callback(functools.partial(self._completed, chunk))
-                with self.live_lock:
-                    self.live.add(chunk)
-                self.submitted += 1
-                self.submit(chunk)
-        except BaseException as e:  # the caller's iterable raised: report it in order
+                self._put(Chunk(self.task, args, None, seeds, single=False))
+        except BaseException as e:  # seeds or submission failed: report it in order
             self.error = e
         finally:
             self.done = True
             self.out.put(None)
+            self.on_done()
+
+    def _take(self, n: int) -> list[tuple[Any, ...]]:
+        """Up to ``n`` argument tuples; if the input raises, the ones read before it and the error."""
+        args: list[tuple[Any, ...]] = []
+        try:
+            args.extend(itertools.islice(self.args, n))  # keeps what it read if the input raises
+        except BaseException as e:  # the caller's iterable raised: results before it still count
+            self.error = e
+        return args
+
+    def _put(self, chunk: Chunk) -> None:
+        if self.ordered:
+            self.out.put(chunk)
+        else:
+            chunk.future.add_done_callback(functools.partial(self._completed, chunk))
+        with self.live_lock:
+            self.live.add(chunk)
+        self.submitted += 1
+        self.submit(chunk)
 
     def _completed(self, chunk: Chunk, _: concurrent.futures.Future[Any]) -> None:
         self.out.put(chunk)
@@ -84,20 +99,22 @@ class Feeder(threading.Thread):
                 raise concurrent.futures.TimeoutError("map timed out waiting for results") from None
             if chunk is not None:
                 consumed += 1
-                with self.live_lock:
-                    self.live.discard(chunk)
                 yield chunk
         if self.error is not None:
             raise self.error
 
-    def release(self) -> None:
-        """One chunk was consumed: let the feeder put another in flight."""
+    def release(self, chunk: Chunk) -> None:
+        """``chunk`` was consumed: forget it and let the feeder put another in flight."""
+        with self.live_lock:
+            self.live.discard(chunk)
         self.slots.release()
 
     def stop(self) -> None:
-        """Stop reading input and cancel chunks no worker has started."""
+        """Stop reading input; cancel chunks not started and drop the rest (nobody reads them)."""
         self.stopped = True
         self.slots.release()
         with self.live_lock:
-            for chunk in self.live:
-                chunk.future.cancel()
+            live, self.live = self.live, set()
+        for chunk in live:
+            if not chunk.future.cancel():
+                chunk.fail(concurrent.futures.CancelledError("the map was closed"))

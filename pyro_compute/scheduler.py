@@ -1,0 +1,353 @@
+"""Scheduler: the pending queue, one link per worker, dispatchers, requeues and chunk sizing.
+
+A chunk waits in the pool's pending deque until a dispatcher whose worker is free takes it; it
+is never committed to a busy worker, so no task waits behind another while a worker idles.
+A worker gets a second call (pipelining, to hide the round trip) only behind a call that was
+measured short and has not overrun its estimate. ``health.Health`` probes workers whose
+calls overrun, requeues their chunks elsewhere and revives workers that answer again.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import marshal
+import threading
+import time
+from typing import Iterable, cast
+
+import Pyro4
+import Pyro4.errors
+
+from .chunk import Chunk, with_remote_cause
+from .config import Settings
+from .errors import WorkerUnavailableError
+from .links import DOWN, OK, RETIRED, Call, Dispatcher, Link, abort, connect, new_proxy, probe
+from .wire import from_serpent, is_plain, plain_rows
+
+log = logging.getLogger(__name__)
+
+SLOTS = 2               # calls a worker may hold: one running, one queued behind a short one
+TARGET_SECONDS = 0.02   # work carried by one RMI call once task times are known
+MAX_CHUNK = 4096
+PIPELINE_SECONDS = 0.05  # a second call is sent only behind a call expected to take less
+
+
+class Scheduler:
+    """Pending chunks, links and dispatcher threads of one pool; see the module docstring."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)  # calls finished, chunks failed, shutdown
+        self.pending: collections.deque[Chunk] = collections.deque()
+        self.links: dict[str, Link] = {}
+        self.idle: dict[Dispatcher, None] = {}  # waiting dispatchers, oldest first
+        self.per_item: dict[str, float] = {}
+        self.busy = 0
+        self.feeders = 0
+        self.shutting_down = False
+        self.over = threading.Event()  # shut down and nothing left to run: threads exit
+        # Futures fail outside the lock: their done callbacks may call submit().
+        self.deferred: list[tuple[Chunk, BaseException]] = []
+
+    # -- work in ---------------------------------------------------------------------------
+
+    def enqueue(self, chunks: Iterable[Chunk], *, fed: bool = False) -> None:
+        """Queue chunks; ``fed`` chunks come from a map started before shutdown and are accepted.
+
+        Raises:
+            RuntimeError: the pool or the interpreter is shutting down.
+        """
+        with self.lock:
+            if not fed and not threading.main_thread().is_alive():
+                raise RuntimeError("cannot schedule new tasks after interpreter shutdown")
+            if not fed and self.shutting_down:
+                raise RuntimeError("cannot schedule new tasks after the pool was shut down")
+            self.pending.extend(chunks)
+            self.wake_idle()
+
+    def enqueue_one(self, chunk: Chunk, *, fed: bool = False) -> None:
+        """``enqueue`` of one chunk (a feeder's submit)."""
+        self.enqueue([chunk], fed=fed)
+
+    def requeue(self, chunk: Chunk) -> None:
+        """Put a chunk back in front (its worker was lost or hung); caller holds the lock."""
+        if not chunk.future.done():
+            self.pending.appendleft(chunk)
+
+    def feeder_started(self) -> None:
+        """A map's feeder will keep adding chunks, even after shutdown."""
+        with self.lock:
+            self.feeders += 1
+
+    def feeder_stopped(self) -> None:
+        """A map's feeder added its last chunk."""
+        with self.lock:
+            self.feeders -= 1
+            self.check_over()
+
+    # -- chunk sizing ----------------------------------------------------------------------
+
+    def chunk_size(self, task: str, remaining: int | None) -> int:
+        """Tasks per call: TARGET_SECONDS of measured work; 1 while unmeasured.
+
+        With a known number of ``remaining`` tasks, chunks shrink towards the end (guided
+        scheduling) so that no worker is left with a long chunk while the others idle.
+        """
+        per_item = self.per_item.get(task)
+        if per_item is None:
+            return 1
+        size = min(MAX_CHUNK, int(TARGET_SECONDS / max(per_item, 1e-9)))
+        if remaining is not None:
+            size = min(size, -(-remaining // (2 * SLOTS * max(1, len(self.usable())))))
+        return max(1, size)
+
+    def record(self, task: str, seconds: float, items: int) -> None:
+        """Fold a measured call into the task's per-item time estimate."""
+        sample = seconds / items
+        old = self.per_item.get(task)
+        self.per_item[task] = sample if old is None else 0.7 * old + 0.3 * sample
+
+    def in_flight_bound(self) -> int:
+        """How many chunks a streaming map keeps queued or running."""
+        return max(8, 4 * SLOTS * len(self.usable()))
+
+    def usable(self) -> list[str]:
+        """Names of the workers taking work."""
+        return [n for n, link in list(self.links.items()) if link.state == OK]
+
+    # -- links -----------------------------------------------------------------------------
+
+    def add_link(self, name: str, uri: str) -> None:
+        """Start dispatchers for a worker; caller holds the lock."""
+        self.links[name] = link = Link(name, uri)
+        for slot in range(SLOTS):
+            d = Dispatcher(link, slot, self.lock)
+            d.thread = threading.Thread(target=self.dispatch, args=(d,), daemon=True,
+                                        name=f"pool-dispatch-{name}-{slot}")
+            link.dispatchers.append(d)
+            d.thread.start()
+
+    def set_state(self, link: Link, state: str) -> None:
+        """Change a link's state and wake whoever that concerns; caller holds the lock."""
+        link.state = state
+        for d in link.dispatchers:
+            d.wake.notify()
+        self.wake_idle()
+        self.changed.notify_all()
+
+    def give_up_on(self, link: Link, why: str) -> None:
+        """Mark a hung worker down and requeue every chunk it holds; caller holds the lock."""
+        if link.state != OK:
+            return
+        log.warning("worker %s %s; its %d call(s) go to other workers", link.name, why, len(link.calls))
+        for call in link.calls.values():
+            call.aborted = True
+            self.requeue(call.chunk)
+            abort(call.proxy)
+        self.set_state(link, DOWN)
+
+    # -- dispatch --------------------------------------------------------------------------
+
+    def may_take(self, link: Link, now: float) -> bool:
+        """Whether ``link`` may get a call now: it is idle, or it runs one short, on-time call."""
+        if link.state != OK or len(link.calls) >= SLOTS:
+            return False
+        return all(c.expected is not None and c.expected < PIPELINE_SECONDS
+                   and now - c.started < max(c.expected, 0.005) for c in link.calls.values())
+
+    def wake_idle(self) -> None:
+        """Wake waiting dispatchers that may take a pending chunk, idle workers first."""
+        if not self.pending or not self.idle:
+            return
+        now = time.monotonic()
+        wanted = len(self.pending)
+        for pipelining in (False, True):  # idle workers first, then a second call behind a short one
+            for d in list(self.idle):
+                if wanted and bool(d.link.calls) == pipelining and self.may_take(d.link, now):
+                    del self.idle[d]
+                    d.wake.notify()
+                    wanted -= 1
+
+    def next_chunk(self, d: Dispatcher) -> Chunk | None:
+        """Block until ``d`` may send a chunk; None when its link retired or the pool is over."""
+        with self.lock:
+            while True:
+                if d.link.state == RETIRED or self.over.is_set():
+                    return None
+                now = time.monotonic()
+                if self.pending and self.may_take(d.link, now):
+                    chunk = self.pop()
+                    if chunk is not None:
+                        per_item = self.per_item.get(chunk.task)
+                        expected = None if per_item is None else per_item * len(chunk.args)
+                        d.link.calls[d.slot] = Call(chunk, now, expected)
+                        self.busy += 1
+                        self.wake_idle()
+                        return chunk
+                self.idle[d] = None
+                d.wake.wait()
+                self.idle.pop(d, None)
+
+    def pop(self) -> Chunk | None:
+        """The first pending chunk still wanted, marked running; caller holds the lock."""
+        while self.pending:
+            chunk = self.pending.popleft()
+            if chunk.future.done():
+                continue  # cancelled, or a copy on another worker already settled it
+            # A chunk requeued from a lost worker is running already.
+            if chunk.future.running() or chunk.future.set_running_or_notify_cancel():
+                return chunk
+        self.check_over()
+        return None
+
+    def dispatch(self, d: Dispatcher) -> None:
+        """One dispatcher: its own proxies, one call at a time, until its link stops.
+
+        Plain-data chunks travel with marshal (C speed); anything else with serpent.
+        """
+        proxies: dict[str, Pyro4.Proxy] = {}
+        try:
+            while True:
+                chunk = self.next_chunk(d)
+                if chunk is None:
+                    return
+                packed = plain_rows(chunk.args) and is_plain(chunk.kwargs)
+                kind = "marshal" if packed else "serpent"
+                if kind not in proxies:
+                    proxies[kind] = new_proxy(d.link.uri, kind, self.settings, self.settings.probe_timeout)
+                error = self.call(d, proxies[kind], chunk, packed)
+                self.finished(d, chunk, error)
+                del chunk  # no stale reference to the batch while waiting for the next one
+        finally:
+            for proxy in proxies.values():
+                proxy._pyroRelease()
+
+    def call(self, d: Dispatcher, proxy: Pyro4.Proxy, chunk: Chunk, packed: bool) -> BaseException | None:
+        """Run one chunk and settle it; return the communication error if there was one."""
+        try:
+            args = marshal.dumps(chunk.args) if packed else chunk.args
+            if packed and len(args) > self.settings.max_message_size:
+                raise Pyro4.errors.MessageTooLargeError(self.too_large(chunk, "its arguments are"))
+            call = d.link.calls[d.slot]
+            call.fresh = connect(proxy, self.settings)
+            # No lock: give_up_on sets aborted before it reads proxy, we the reverse, so
+            # either we see aborted or it sees our proxy and breaks its connection.
+            call.proxy = proxy
+            if call.aborted:
+                return None  # health gave up on this worker meanwhile; the chunk is requeued
+            reply = proxy.batch(chunk.task, args, chunk.kwargs, chunk.seeds, chunk.code)
+            if "packed" in reply:
+                reply["results"] = marshal.loads(reply["packed"])
+            elif "serpent" in reply:
+                reply["results"] = from_serpent(reply["serpent"])
+        except (Pyro4.errors.SerializeError, Pyro4.errors.MessageTooLargeError) as e:
+            chunk.fail(e)
+        except Pyro4.errors.CommunicationError as e:
+            return cast(BaseException, e)
+        except Exception as e:  # the Evaluator rejected the whole call: the caller's error
+            chunk.fail(with_remote_cause(e))
+        else:
+            self.record(chunk.task, reply["seconds"], len(chunk.args))
+            chunk.resolve(reply["results"], reply["errors"])
+        return None
+
+    def too_large(self, chunk: Chunk, what: str) -> str:
+        return (f"task {chunk.task}: {what} probably larger than the workers' message size limit "
+                f"(PYRO_COMPUTE_MAX_MESSAGE_SIZE, {self.settings.max_message_size} bytes here); "
+                "send smaller pieces or raise the limit on both sides")
+
+    def finished(self, d: Dispatcher, chunk: Chunk, error: BaseException | None) -> None:
+        """Account for a call; on a communication error decide between retry, requeue and fail."""
+        call = d.link.calls[d.slot]
+        verdict = None if error is None or call.aborted else self.judge(d.link, call, error)
+        with self.lock:
+            call = d.link.calls.pop(d.slot)
+            self.busy -= 1
+            now = time.monotonic()
+            for other in d.link.calls.values():
+                other.started = now  # the call queued behind this one starts running now
+            if verdict is not None and not call.aborted:
+                self.settle_failure(d.link, chunk, error, verdict)
+            self.wake_idle()
+            self.check_over()
+        self.flush()
+
+    def judge(self, link: Link, call: Call, error: BaseException) -> str:
+        """Classify a failed call (probing the worker, outside the lock): retry, lost or too large."""
+        if isinstance(error, Pyro4.errors.ConnectionClosedError) and probe(link.uri, self.settings):
+            # A worker that still answers hung up. On a connection that sat idle it may have
+            # closed it as idle: reconnect and retry. On a connection made for this very call,
+            # it refused the message: over its size limit (ours or the result).
+            return "too large" if call.fresh or call.chunk.hangups >= 2 else "retry"
+        return "lost"
+
+    def settle_failure(self, link: Link, chunk: Chunk, error: BaseException | None, verdict: str) -> None:
+        """Retry, requeue or fail a chunk whose call failed; caller holds the lock."""
+        if verdict == "retry":
+            chunk.hangups += 1
+            self.requeue(chunk)
+            return
+        if verdict == "too large":
+            self.deferred.append((chunk, Pyro4.errors.MessageTooLargeError(
+                f"worker {link.name} closed the connection but still answers: "
+                + self.too_large(chunk, "the call or its result is"))))
+            return
+        self.give_up_on(link, f"was lost ({error})")
+        chunk.tried.append(link.name)
+        if len(chunk.tried) < self.settings.max_retries:
+            self.requeue(chunk)
+        else:
+            self.deferred.append((chunk, WorkerUnavailableError(
+                f"task {chunk.task} (chunk of {len(chunk.args)}) failed on {len(chunk.tried)} "
+                f"workers, which were lost: {', '.join(chunk.tried)}; last error: {error}")))
+
+    # -- shutdown --------------------------------------------------------------------------
+
+    def outstanding(self) -> bool:
+        """Whether any chunk is queued or running; caller holds the lock."""
+        while self.pending and self.pending[0].future.done():
+            self.pending.popleft()
+        return self.busy > 0 or any(not c.future.done() for c in self.pending)
+
+    def check_over(self) -> None:
+        """Once shut down with nothing left, let every thread exit; caller holds the lock."""
+        if self.shutting_down and not self.feeders and not self.over.is_set() and not self.outstanding():
+            self.over.set()
+            for link in self.links.values():
+                for d in link.dispatchers:
+                    d.wake.notify()
+        if not self.outstanding():
+            self.changed.notify_all()
+
+    def fail_pending(self, error: BaseException) -> None:
+        """Fail every queued chunk (no worker left); caller holds the lock."""
+        while self.pending:
+            chunk = self.pending.popleft()
+            if chunk.future.running() or chunk.future.set_running_or_notify_cancel():
+                self.deferred.append((chunk, error))
+        self.check_over()
+
+    def flush(self) -> None:
+        """Fail the futures ``deferred`` while the lock was held (call without the lock)."""
+        with self.lock:
+            todo, self.deferred = self.deferred, []
+        for chunk, error in todo:
+            chunk.fail(error)
+
+    def shutdown(self, wait: bool, cancel_futures: bool) -> None:
+        """Refuse new work, optionally cancel queued chunks, optionally wait for the rest."""
+        with self.lock:
+            self.shutting_down = True
+            queued = list(self.pending) if cancel_futures else []
+        for chunk in queued:
+            chunk.future.cancel()  # outside the lock: done callbacks run here
+        with self.lock:
+            self.check_over()
+            if wait:
+                self.changed.wait_for(lambda: not self.outstanding())
+        if wait and not self.feeders:
+            for link in list(self.links.values()):
+                for d in link.dispatchers:
+                    if d.thread is not None and d.thread is not threading.current_thread():
+                        d.thread.join(timeout=5)
