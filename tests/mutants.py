@@ -70,7 +70,7 @@ MUTANTS = [
            "pyro_compute/montecarlo.py", "return max(pi - low, high - pi)",
            "return 2.0 * max(pi - low, high - pi)", ("tests/test_montecarlo.py",)),
     Mutant("max_retries ignored (fixed at 3)", "the max_retries setting",
-           "pyro_compute/pool.py", "if len(chunk.tried) < self.settings.max_retries:",
+           "pyro_compute/scheduler.py", "if len(chunk.tried) < self.settings.max_retries:",
            "if len(chunk.tried) < 3:", ("tests/test_promises.py::test_max_retries_2_means_two_workers",)),
     # -- more of our own -------------------------------------------------------------------------
     Mutant("kernel drops the tail of a partial lane round", "same seed, same answer",
@@ -96,7 +96,8 @@ MUTANTS = [
            "pyro_compute/evaluator.py", "if isinstance(value, (bool, np.bool_)) or not isinstance",
            "if not isinstance", ("tests/test_fuzz.py::test_kernels_with_random_arguments",)),
     Mutant("shutdown does not wake the dispatchers", "no pool thread outlives its pool",
-           "pyro_compute/pool.py", "            self._cond.notify_all()\n        if wait:", "        if wait:",
+           "pyro_compute/scheduler.py", "                for d in link.dispatchers:\n                    d.wake.notify()\n        if not self.outstanding():",
+           "                pass\n        if not self.outstanding():",
            ("tests/test_promises.py::test_futures_submit_passes_keyword_arguments",)),
 ]
 
