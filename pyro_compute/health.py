@@ -20,7 +20,7 @@ import Pyro4.errors
 
 from .config import NAME_PREFIX, Settings
 from .errors import WorkerUnavailableError
-from .links import DOWN, OK, RETIRED, Link, new_proxy, probe
+from .links import ANSWERS, DOWN, OK, RETIRED, SILENT, Link, new_proxy, probe
 from .scheduler import PIPELINE_SECONDS, Scheduler
 
 log = logging.getLogger(__name__)
@@ -139,14 +139,16 @@ class Health:
 
     def probe(self, link: Link) -> None:
         """Probe one worker: down and answering -> used again; up and silent -> given up on."""
-        answered = probe(link.uri, self.settings)
+        found = probe(link.uri, self.settings)
         with self.sched.lock:
             link.probing = False
             link.last_probe = time.monotonic()
-            if answered and link.state == DOWN:
+            if found == ANSWERS and link.state == DOWN:
                 log.warning("worker %s answers again; using it", link.name)
                 self.sched.set_state(link, OK)
-            elif not answered and link.state == OK and link.calls:
+            # REFUSED: a worker draining on SIGTERM still sends its running calls' results back,
+            # and a dead one's connections fail by themselves: only silence means hung.
+            elif found == SILENT and link.state == OK and link.calls:
                 self.sched.give_up_on(link, f"did not answer a handshake within "
                                             f"{self.settings.probe_timeout:g} s while a call was overdue")
 

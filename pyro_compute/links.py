@@ -48,18 +48,26 @@ class Dispatcher:
         self.thread: threading.Thread | None = None
 
 
-def probe(uri: str, settings: Settings) -> bool:
+ANSWERS, REFUSED, SILENT = "answers", "refused", "silent"  # what a probe found
+
+
+def probe(uri: str, settings: Settings) -> str:
     """Whether the worker at ``uri`` completes a fresh handshake within ``settings.probe_timeout``.
 
-    A busy worker answers (each connection has its own server thread; kernels release the
-    GIL); a stopped or hung one does not, although its kernel still accepts the TCP connection.
+    A busy worker ANSWERS (each connection has its own server thread; kernels release the
+    GIL); a stopped or hung one stays SILENT, although its kernel still accepts the TCP
+    connection; a worker that is leaving (draining its last batch: it stopped listening, and a
+    connection caught in its backlog is reset) or gone REFUSED it.
     """
     try:
         with new_proxy(uri, "serpent", settings, settings.probe_timeout) as proxy:
             proxy._pyroBind()
-        return True
-    except Pyro4.errors.CommunicationError:
-        return False
+        return ANSWERS
+    except Pyro4.errors.CommunicationError as e:
+        if isinstance(e, Pyro4.errors.ConnectionClosedError) or isinstance(
+                e.__cause__, (ConnectionRefusedError, ConnectionResetError, BrokenPipeError)):
+            return REFUSED
+        return SILENT
 
 
 def new_proxy(uri: str, serializer: str, settings: Settings, timeout: float) -> Pyro4.Proxy:

@@ -21,7 +21,7 @@ import Pyro4.errors
 from .chunk import Chunk, with_remote_cause
 from .config import Settings
 from .errors import WorkerUnavailableError
-from .links import DOWN, OK, RETIRED, Call, Dispatcher, Link, abort, connect, new_proxy, probe
+from .links import ANSWERS, DOWN, OK, RETIRED, Call, Dispatcher, Link, abort, connect, new_proxy, probe
 from .wire import from_serpent, is_plain, plain_rows
 
 log = logging.getLogger(__name__)
@@ -275,7 +275,7 @@ class Scheduler:
 
     def judge(self, link: Link, call: Call, error: BaseException) -> str:
         """Classify a failed call (probing the worker, outside the lock): retry, lost or too large."""
-        if isinstance(error, Pyro4.errors.ConnectionClosedError) and probe(link.uri, self.settings):
+        if isinstance(error, Pyro4.errors.ConnectionClosedError) and probe(link.uri, self.settings) == ANSWERS:
             # A worker that still answers hung up. On a connection that sat idle it may have
             # closed it as idle: reconnect and retry. On a connection made for this very call,
             # it refused the message: over its size limit (ours or the result).

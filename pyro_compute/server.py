@@ -132,6 +132,13 @@ class GuardedServer:
         with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
 
+    def stop_listening(self) -> None:
+        """Refuse new connections (a draining worker), so that probes hear 'refused', not silence."""
+        if self.sock is not None:
+            self._selector.unregister(self.sock)
+            self.sock.close()
+            self.sock = None  # type: ignore[assignment]
+
     def close(self) -> None:
         self.shutting_down = True
         self._jobs.shutdown(wait=False, cancel_futures=True)

@@ -82,6 +82,7 @@ class Worker:
             self.daemon.requestLoop(loopCondition=lambda: not self._stop.is_set())
         finally:
             self._stop.set()
+            self.daemon.transportServer.stop_listening()
             self._registrar.join(timeout=5)
             self._unregister()
             self._drain(min(self.settings.call_timeout, 30.0))
