@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import difflib
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ from typing import Any, Iterator
 
 import Pyro4.errors
 
-from . import cluster_cli, futures, slurm
+from . import __version__, cluster_cli, futures, slurm
 from .cluster import LocalCluster
 from .config import NAME_PREFIX, Settings
 from .errors import ComputeError
@@ -23,6 +24,7 @@ from .pool import Pool
 from .status import cluster_status
 
 COMMANDS = ("pi", "run", "status", "config", "cluster", "slurm")
+GLOBAL_FLAGS = ("-v", "--verbose", "-vv")
 DEFAULT_SAMPLES = 10**9
 
 
@@ -44,7 +46,8 @@ def _workers(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} workers: a cluster needs at least 1")
+        raise argparse.ArgumentTypeError(f"{text!r} workers cannot run anything; give at least 1, "
+                                         "or leave -n out for one per core")
     return value
 
 
@@ -73,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pyro-compute",
         description="Spread Monte Carlo and other parallel Python work over Pyro4 compute workers.",
         epilog="'pyro-compute [-n N] script.py ...' is short for 'pyro-compute run ...'.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, dest="global_verbose",
+                   help="log what happens (also accepted after the command)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     pi = sub.add_parser("pi", help="estimate π with the Numba kernel across the workers",
@@ -111,21 +117,50 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
-        argv.insert(0, "run")
+    """Run the command line; return the exit status (130 after Ctrl-C)."""
+    argv = _with_command(list(sys.argv[1:] if argv is None else argv))
+    if argv is None:
+        return 2
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+    verbose = args.global_verbose or getattr(args, "verbose", False)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         return int(globals()[f"_cmd_{args.command}"](args))
+    except KeyboardInterrupt:
+        print("pyro-compute: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into head: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # as the Python docs advise
+        return 1
     except ComputeError as e:
         print(f"pyro-compute: error: {e}", file=sys.stderr)
         return 1
     except Pyro4.errors.PyroError as e:  # e.g. a worker that answered in a refused serializer
         print(f"pyro-compute: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
+
+
+def _with_command(argv: list[str]) -> list[str] | None:
+    """``argv`` with ``run`` inserted where a script comes instead of a command; None for a typo.
+
+    Global flags (``--verbose``) may come first; a word that is no file and is close to a command
+    (``stauts``) is reported with a suggestion instead of being run as a script.
+    """
+    first = 0
+    while first < len(argv) and argv[first] in GLOBAL_FLAGS:
+        first += 1
+    rest = argv[first:]
+    if not rest or rest[0] in COMMANDS or rest[0] in ("-h", "--help", "--version"):
+        return argv
+    word = rest[0]
+    if not word.startswith("-") and not os.path.exists(word):
+        close = difflib.get_close_matches(word, COMMANDS, n=1, cutoff=0.6)
+        if close:
+            print(f"pyro-compute: error: unknown command {word!r}; did you mean {close[0]!r}? "
+                  f"Commands: {', '.join(COMMANDS)}, or a script to run.", file=sys.stderr)
+            return None
+    return [*argv[:first], "run", *rest]
 
 
 @contextlib.contextmanager

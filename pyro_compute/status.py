@@ -5,30 +5,60 @@ import concurrent.futures
 from typing import Any
 
 import Pyro4
+import Pyro4.constants
 import Pyro4.errors
 
 from .config import NAME_PREFIX, Settings
+from .diagnose import explain
 from .errors import WorkerUnavailableError
 from .wire import register_wire
 
-PROBE_TIMEOUT = 3.0
+PROBE_TIMEOUT = 3.0  # seconds the name server or one worker may take to answer
+
+
+def connect_ns(settings: Settings, timeout: float = PROBE_TIMEOUT) -> Any:
+    """A bound proxy to the name server that gives up after ``timeout`` seconds of silence.
+
+    Raises:
+        WorkerUnavailableError: one sentence telling a secret mismatch from nothing listening
+            from a name server that does not answer (``diagnose.explain``).
+    """
+    host, port = settings.ns_address
+    proxy = Pyro4.Proxy(f"PYRO:{Pyro4.constants.NAMESERVER_NAME}@{_bracket(host)}:{port}")
+    proxy._pyroHmacKey = settings.hmac_bytes
+    proxy._pyroTimeout = timeout
+    try:
+        proxy._pyroBind()
+    except Pyro4.errors.PyroError as e:
+        proxy._pyroRelease()
+        raise WorkerUnavailableError(explain(e, settings.ns, "the name server")) from e
+    return proxy
+
+
+def registered_workers(settings: Settings) -> dict[str, str]:
+    """Names and URIs of the workers registered in the name server.
+
+    Raises:
+        WorkerUnavailableError: the name server cannot be reached (the message says why).
+    """
+    register_wire()
+    with connect_ns(settings) as ns:
+        try:
+            return dict(ns.list(prefix=NAME_PREFIX))
+        except Pyro4.errors.PyroError as e:
+            raise WorkerUnavailableError(explain(e, settings.ns, "the name server")) from e
 
 
 def cluster_status(settings: Settings) -> list[dict[str, Any]]:
     """One row per registered worker: its ``info()`` and ``stats()`` plus derived rates.
 
-    Unreachable registrations get ``{"name", "uri", "reachable": False, "error"}``.
+    Unreachable registrations get ``{"name", "uri", "reachable": False, "error"}`` with the
+    error explained in one sentence.
 
     Raises:
         WorkerUnavailableError: the name server cannot be reached.
     """
-    register_wire()
-    host, port = settings.ns_address
-    try:
-        with Pyro4.locateNS(host, port, hmac_key=settings.hmac_bytes) as ns:
-            names = dict(ns.list(prefix=NAME_PREFIX))
-    except Pyro4.errors.PyroError as e:
-        raise WorkerUnavailableError(f"cannot reach the name server at {settings.ns}: {e}") from e
+    names = registered_workers(settings)
     if not names:
         return []
     with concurrent.futures.ThreadPoolExecutor(min(32, len(names))) as probes:
@@ -43,8 +73,14 @@ def _probe(settings: Settings, name: str, uri: str) -> dict[str, Any]:
             proxy._pyroTimeout = PROBE_TIMEOUT
             info, stats = proxy.info(), proxy.stats()
     except Pyro4.errors.PyroError as e:
-        return {"name": name, "uri": uri, "reachable": False, "error": str(e) or type(e).__name__}
+        where = uri.partition("@")[2] or uri
+        return {"name": name, "uri": uri, "reachable": False,
+                "error": explain(e, where, f"worker {name.removeprefix(NAME_PREFIX)}")}
     busy, uptime = stats["busy_seconds"], stats["uptime"]
     return {**info, **stats, "name": name, "uri": uri, "reachable": True,
             "samples_per_second": stats["samples"] / busy if busy > 0 else 0.0,
             "busy_percent": 100.0 * busy / uptime if uptime > 0 else 0.0}
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
