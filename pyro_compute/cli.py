@@ -11,6 +11,7 @@ import os
 import runpy
 import secrets
 import sys
+import time
 from typing import Any, Iterator
 
 import Pyro4.errors
@@ -101,11 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_options(run)
     cluster_cli.add_hostfile_options(run)
 
-    status = sub.add_parser("status", help="list the registered workers and what they have done",
+    status = sub.add_parser("status", help="list the registered workers and what they do",
                             description="Show every worker registered in the name server: host, pid, "
-                                        "cores, kernels, tasks done, kernel speed, busy share, up time.")
+                                        "cores, kernels, tasks done, tasks in flight, kernel speed, "
+                                        "busy share over the last 10 s, up time.")
     status.add_argument("--ns", metavar="HOST:PORT", help="name server (default: $PYRO_COMPUTE_NS)")
     status.add_argument("--json", action="store_true", help="print a JSON list, one object per worker")
+    status.add_argument("--watch", type=_positive_float, nargs="?", const=2.0, metavar="SECONDS",
+                        help="print again every SECONDS (default 2) until Ctrl-C")
     status.add_argument("-v", "--verbose", action="store_true", help="log what happens")
 
     config = sub.add_parser("config", help="print the effective settings",
@@ -167,11 +171,24 @@ def _with_command(argv: list[str]) -> list[str] | None:
 def _pool(args: argparse.Namespace, script: str | None = None) -> Iterator[Pool]:
     """A pool on the named cluster, or on an embedded local cluster started for this run."""
     if args.ns or (args.workers is None and os.environ.get("PYRO_COMPUTE_NS")):
-        with Pool(args.ns) as pool:
+        by_value = script is not None and _by_value_wanted(Settings.from_env(ns=args.ns), script)
+        with Pool(args.ns, by_value=by_value) as pool:
             yield pool
         return
     with LocalCluster(args.workers, script=script) as cluster, Pool(cluster=cluster) as pool:
         yield pool
+
+
+def _by_value_wanted(settings: Settings, script: str) -> bool:
+    """Send the script's functions by value when every worker accepts that and none runs the script.
+
+    Workers started with ``--script`` for this very file take references (checked by hash);
+    ``--allow-by-value`` workers take any script's functions, so they need no restart per script.
+    """
+    rows = [r for r in cluster_status(settings) if r["reachable"]]
+    if not rows or any(r.get("script") == script for r in rows):
+        return False
+    return all(r.get("by_value") for r in rows)
 
 
 def _cmd_pi(args: argparse.Namespace) -> int:
@@ -214,24 +231,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    rows = cluster_status(Settings.from_env(ns=args.ns))
-    if args.json:
-        print(json.dumps(rows))
-        return 0
-    header = f"{'worker':<36} {'host':<14} {'pid':>7} {'cores':>5} {'kernels':<18} {'tasks':>9} " \
-             f"{'G samples/s':>11} {'busy %':>6} {'up':>8}"
-    print(header)
+    settings = Settings.from_env(ns=args.ns)
+    while True:
+        rows = cluster_status(settings)
+        if args.json:
+            print(json.dumps(rows), flush=True)
+        else:
+            if args.watch and sys.stdout.isatty():
+                print("\033[H\033[J", end="")  # clear the terminal between rounds
+            _print_status(rows, settings.ns)
+        if not args.watch:
+            return 0
+        time.sleep(args.watch)
+
+
+def _print_status(rows: list[dict[str, Any]], ns: str) -> None:
+    print(f"{'worker':<32} {'host':<14} {'pid':>7} {'cores':>5} {'kernels':<18} {'tasks':>9} "
+          f"{'in flight':>9} {'G samples/s':>11} {'busy 10s':>8} {'up':>8}")
     for r in rows:
         name = r["name"].removeprefix(NAME_PREFIX)
         if not r["reachable"]:
-            print(f"{name:<36} unreachable: {r['error']}")
+            print(f"{name:<32} unreachable: {r['error']}")
             continue
-        print(f"{name:<36} {r['host']:<14} {r['pid']:>7} {r['cores']:>5} {','.join(r['kernels']):<18} "
-              f"{r['tasks']:>9} {r['samples_per_second'] / 1e9:>11.2f} {r['busy_percent']:>6.1f} "
-              f"{_duration(r['uptime']):>8}")
+        print(f"{name:<32} {r['host']:<14} {r['pid']:>7} {r['cores']:>5} {','.join(r['kernels']):<18} "
+              f"{r['tasks']:>9} {r['in_flight']:>9} {r['samples_per_second'] / 1e9:>11.2f} "
+              f"{r['recent_busy_percent']:>7.1f}% {_duration(r['uptime']):>8}")
     if not rows:
-        print("(no workers registered)")
-    return 0
+        print(f"(no workers registered in the name server at {ns})")
+    sys.stdout.flush()
 
 
 def _duration(seconds: float) -> str:

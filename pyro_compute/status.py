@@ -52,8 +52,9 @@ def registered_workers(settings: Settings) -> dict[str, str]:
 def cluster_status(settings: Settings) -> list[dict[str, Any]]:
     """One row per registered worker: its ``info()`` and ``stats()`` plus derived rates.
 
-    Unreachable registrations get ``{"name", "uri", "reachable": False, "error"}`` with the
-    error explained in one sentence.
+    ``busy_percent`` is the lifetime share, ``recent_busy_percent`` the share of the last
+    ``recent_window`` seconds (10). Unreachable registrations get ``{"name", "uri",
+    "reachable": False, "error"}`` with the error explained in one sentence.
 
     Raises:
         WorkerUnavailableError: the name server cannot be reached.
@@ -77,9 +78,12 @@ def _probe(settings: Settings, name: str, uri: str) -> dict[str, Any]:
         return {"name": name, "uri": uri, "reachable": False,
                 "error": explain(e, where, f"worker {name.removeprefix(NAME_PREFIX)}")}
     busy, uptime = stats["busy_seconds"], stats["uptime"]
+    window = stats.get("recent_window", 0.0)
+    recent = 100.0 * stats.get("recent_busy", 0.0) / window if window > 0 else 0.0
     return {**info, **stats, "name": name, "uri": uri, "reachable": True,
             "samples_per_second": stats["samples"] / busy if busy > 0 else 0.0,
-            "busy_percent": 100.0 * busy / uptime if uptime > 0 else 0.0}
+            "busy_percent": 100.0 * busy / uptime if uptime > 0 else 0.0,
+            "recent_busy_percent": min(100.0, recent), "in_flight": stats.get("in_flight", 0)}
 
 
 def _bracket(host: str) -> str:
