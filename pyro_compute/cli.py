@@ -19,6 +19,7 @@ import Pyro4.errors
 from . import __version__, cluster_cli, futures, slurm
 from .cluster import LocalCluster
 from .config import NAME_PREFIX, Settings
+from .diagnose import connect_ns
 from .errors import ComputeError
 from .montecarlo import estimate_pi
 from .pool import Pool
@@ -171,7 +172,10 @@ def _with_command(argv: list[str]) -> list[str] | None:
 def _pool(args: argparse.Namespace, script: str | None = None) -> Iterator[Pool]:
     """A pool on the named cluster, or on an embedded local cluster started for this run."""
     if args.ns or (args.workers is None and os.environ.get("PYRO_COMPUTE_NS")):
-        by_value = script is not None and _by_value_wanted(Settings.from_env(ns=args.ns), script)
+        settings = Settings.from_env(ns=args.ns)
+        with connect_ns(settings):  # fails in one sentence: wrong secret, nothing there, no answer
+            pass
+        by_value = script is not None and _by_value_wanted(settings, script)
         with Pool(args.ns, by_value=by_value) as pool:
             yield pool
         return

@@ -13,13 +13,19 @@ from __future__ import annotations
 import errno
 import socket
 import time
+from typing import Any
 
 import Pyro4
+import Pyro4.constants
 import Pyro4.errors
+
+from .config import Settings
+from .errors import WorkerUnavailableError
 
 SECRET_ADVICE = ("give every name server, worker and client the same secret "
                  "(PYRO_COMPUTE_HMAC_KEY_FILE or PYRO_COMPUTE_HMAC_KEY)")
 PROBE_TIMEOUT = 2.0  # seconds one liveness probe may take
+NS_TIMEOUT = 3.0  # seconds a client waits for the name server to answer
 _UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.EADDRNOTAVAIL}
 
 
@@ -125,3 +131,26 @@ def peer_alive(uri: str, hmac_key: bytes | None, tries: int = 2, gap: float = 0.
             if kind(e) not in ("refused", "unreachable", "no-object"):
                 return True
     return False
+
+
+def connect_ns(settings: Settings, timeout: float = NS_TIMEOUT) -> Any:
+    """A bound proxy to the name server that gives up after ``timeout`` seconds of silence.
+
+    Raises:
+        WorkerUnavailableError: one sentence telling a secret mismatch from nothing listening
+            from a name server that does not answer (``diagnose.explain``).
+    """
+    host, port = settings.ns_address
+    proxy = Pyro4.Proxy(f"PYRO:{Pyro4.constants.NAMESERVER_NAME}@{_bracket(host)}:{port}")
+    proxy._pyroHmacKey = settings.hmac_bytes
+    proxy._pyroTimeout = timeout
+    try:
+        proxy._pyroBind()
+    except Pyro4.errors.PyroError as e:
+        proxy._pyroRelease()
+        raise WorkerUnavailableError(explain(e, settings.ns, "the name server")) from e
+    return proxy
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

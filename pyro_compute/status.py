@@ -5,34 +5,14 @@ import concurrent.futures
 from typing import Any
 
 import Pyro4
-import Pyro4.constants
 import Pyro4.errors
 
 from .config import NAME_PREFIX, Settings
-from .diagnose import explain
+from .diagnose import connect_ns, explain
 from .errors import WorkerUnavailableError
 from .wire import register_wire
 
-PROBE_TIMEOUT = 3.0  # seconds the name server or one worker may take to answer
-
-
-def connect_ns(settings: Settings, timeout: float = PROBE_TIMEOUT) -> Any:
-    """A bound proxy to the name server that gives up after ``timeout`` seconds of silence.
-
-    Raises:
-        WorkerUnavailableError: one sentence telling a secret mismatch from nothing listening
-            from a name server that does not answer (``diagnose.explain``).
-    """
-    host, port = settings.ns_address
-    proxy = Pyro4.Proxy(f"PYRO:{Pyro4.constants.NAMESERVER_NAME}@{_bracket(host)}:{port}")
-    proxy._pyroHmacKey = settings.hmac_bytes
-    proxy._pyroTimeout = timeout
-    try:
-        proxy._pyroBind()
-    except Pyro4.errors.PyroError as e:
-        proxy._pyroRelease()
-        raise WorkerUnavailableError(explain(e, settings.ns, "the name server")) from e
-    return proxy
+PROBE_TIMEOUT = 3.0  # seconds one worker may take to answer
 
 
 def registered_workers(settings: Settings) -> dict[str, str]:
@@ -84,7 +64,3 @@ def _probe(settings: Settings, name: str, uri: str) -> dict[str, Any]:
             "samples_per_second": stats["samples"] / busy if busy > 0 else 0.0,
             "busy_percent": 100.0 * busy / uptime if uptime > 0 else 0.0,
             "recent_busy_percent": min(100.0, recent), "in_flight": stats.get("in_flight", 0)}
-
-
-def _bracket(host: str) -> str:
-    return f"[{host}]" if ":" in host else host

@@ -127,15 +127,17 @@ def test_client_tells_secret_mismatch_from_nothing_listening_from_no_answer(proc
     port = free_port()
     ns = nameserver(procs, port)
 
-    def status(address: str, secret: str) -> tuple[str, float]:
+    def status(address: str, secret: str, command: tuple[str, ...] = ("status",)) -> tuple[str, float]:
         started = time.monotonic()
-        r = subprocess.run([sys.executable, "-m", "pyro_compute", "status", "--ns", address],
+        r = subprocess.run([sys.executable, "-m", "pyro_compute", *command, "--ns", address],
                            env=env(PYRO_COMPUTE_HMAC_KEY=secret), capture_output=True, text=True, timeout=60)
         assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
         return r.stderr, time.monotonic() - started
 
     wrong, _ = status(f"127.0.0.1:{port}", "a-wrong-secret")
+    assert "uses a different secret (message hmac mismatch)" in wrong
+    wrong, _ = status(f"127.0.0.1:{port}", "a-wrong-secret", ("pi", "--samples", "1e6"))
     assert "uses a different secret (message hmac mismatch)" in wrong
     nobody, _ = status(f"127.0.0.1:{free_port()}", SECRET)
     assert "nothing is listening at" in nobody and "Connection refused" in nobody
@@ -313,3 +315,15 @@ def test_loopback_worker_is_refused_by_a_name_server_elsewhere(
         assert f"@{theirs}:" in names(ns)[NAME_PREFIX + "there"]
     finally:
         ok.stop()
+
+
+def test_worker_pointed_at_an_absent_host_says_it_cannot_reach_it(
+        procs: Callable[..., Proc], netns: tuple[str, str, str]) -> None:
+    _, ours, theirs = netns
+    nobody = theirs.rsplit(".", 1)[0] + ".99"  # in the namespace's subnet; no host answers ARP
+    w = worker(procs, "w", f"{nobody}:9090", SECRET, "--name", "lost", "--host", ours)
+    wait_for(lambda: "cannot register" in w.text(), what="the worker says why it cannot register")
+    text = w.text()
+    assert f"cannot reach {nobody}:9090" in text, text
+    assert "nothing is listening" not in text and "different secret" not in text
+    assert w.p.poll() is None
