@@ -4,25 +4,29 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import difflib
 import json
 import logging
 import os
 import runpy
 import secrets
 import sys
+import time
 from typing import Any, Iterator
 
 import Pyro4.errors
 
-from . import cluster_cli, dashboard, futures, slurm
+from . import __version__, cluster_cli, dashboard, futures, slurm
 from .cluster import LocalCluster
 from .config import NAME_PREFIX, Settings
+from .diagnose import connect_ns
 from .errors import ComputeError
 from .montecarlo import estimate_pi
 from .pool import Pool
 from .status import cluster_status
 
 COMMANDS = ("pi", "run", "status", "config", "dashboard", "cluster", "slurm")
+GLOBAL_FLAGS = ("-v", "--verbose", "-vv")
 DEFAULT_SAMPLES = 10**9
 
 
@@ -44,7 +48,8 @@ def _workers(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} workers: a cluster needs at least 1")
+        raise argparse.ArgumentTypeError(f"{text!r} workers cannot run anything; give at least 1, "
+                                         "or leave -n out for one per core")
     return value
 
 
@@ -73,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pyro-compute",
         description="Spread Monte Carlo and other parallel Python work over Pyro4 compute workers.",
         epilog="'pyro-compute [-n N] script.py ...' is short for 'pyro-compute run ...'.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, dest="global_verbose",
+                   help="log what happens (also accepted after the command)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     pi = sub.add_parser("pi", help="estimate π with the Numba kernel across the workers",
@@ -97,11 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_options(run)
     cluster_cli.add_hostfile_options(run)
 
-    status = sub.add_parser("status", help="list the registered workers and what they have done",
+    status = sub.add_parser("status", help="list the registered workers and what they do",
                             description="Show every worker registered in the name server: host, pid, "
-                                        "cores, kernels, tasks done, kernel speed, busy share, up time.")
+                                        "cores, kernels, tasks done, tasks in flight, kernel speed, "
+                                        "busy share over the last 10 s, up time.")
     status.add_argument("--ns", metavar="HOST:PORT", help="name server (default: $PYRO_COMPUTE_NS)")
     status.add_argument("--json", action="store_true", help="print a JSON list, one object per worker")
+    status.add_argument("--watch", type=_positive_float, nargs="?", const=2.0, metavar="SECONDS",
+                        help="print again every SECONDS (default 2) until Ctrl-C")
     status.add_argument("-v", "--verbose", action="store_true", help="log what happens")
 
     dashboard.add_parser(sub)
@@ -115,15 +126,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
-        argv.insert(0, "run")
+    """Run the command line; return the exit status (130 after Ctrl-C)."""
+    argv = _with_command(list(sys.argv[1:] if argv is None else argv))
+    if argv is None:
+        return 2
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+    verbose = args.global_verbose or getattr(args, "verbose", False)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         return int(globals()[f"_cmd_{args.command}"](args))
+    except KeyboardInterrupt:
+        print("pyro-compute: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into head: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # as the Python docs advise
+        return 1
     except ComputeError as e:
         print(f"pyro-compute: error: {e}", file=sys.stderr)
         return 1
@@ -132,11 +150,37 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _with_command(argv: list[str]) -> list[str] | None:
+    """``argv`` with ``run`` inserted where a script comes instead of a command; None for a typo.
+
+    Global flags (``--verbose``) may come first; a word that is no file and is close to a command
+    (``stauts``) is reported with a suggestion instead of being run as a script.
+    """
+    first = 0
+    while first < len(argv) and argv[first] in GLOBAL_FLAGS:
+        first += 1
+    rest = argv[first:]
+    if not rest or rest[0] in COMMANDS or rest[0] in ("-h", "--help", "--version"):
+        return argv
+    word = rest[0]
+    if not word.startswith("-") and not os.path.exists(word):
+        close = difflib.get_close_matches(word, COMMANDS, n=1, cutoff=0.6)
+        if close:
+            print(f"pyro-compute: error: unknown command {word!r}; did you mean {close[0]!r}? "
+                  f"Commands: {', '.join(COMMANDS)}, or a script to run.", file=sys.stderr)
+            return None
+    return [*argv[:first], "run", *rest]
+
+
 @contextlib.contextmanager
 def _pool(args: argparse.Namespace, script: str | None = None) -> Iterator[Pool]:
     """A pool on the named cluster, or on an embedded local cluster started for this run."""
     if args.ns or (args.workers is None and os.environ.get("PYRO_COMPUTE_NS")):
-        with Pool(args.ns) as pool:
+        settings = Settings.from_env(ns=args.ns)
+        with connect_ns(settings):  # fails in one sentence: wrong secret, nothing there, no answer
+            pass
+        by_value = script is not None and _by_value_wanted(settings, script)
+        with Pool(args.ns, by_value=by_value) as pool:
             yield pool
         return
     with LocalCluster(args.workers, script=script) as cluster, Pool(cluster=cluster) as pool:
@@ -160,6 +204,18 @@ def _run_view(args: argparse.Namespace, pool: Pool, title: str) -> Iterator[dash
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     return dashboard.run(args)
+
+
+def _by_value_wanted(settings: Settings, script: str) -> bool:
+    """Send the script's functions by value when every worker accepts that and none runs the script.
+
+    Workers started with ``--script`` for this very file take references (checked by hash);
+    ``--allow-by-value`` workers take any script's functions, so they need no restart per script.
+    """
+    rows = [r for r in cluster_status(settings) if r["reachable"]]
+    if not rows or any(r.get("script") == script for r in rows):
+        return False
+    return all(r.get("by_value") for r in rows)
 
 
 def _cmd_pi(args: argparse.Namespace) -> int:
@@ -202,24 +258,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    rows = cluster_status(Settings.from_env(ns=args.ns))
-    if args.json:
-        print(json.dumps(rows))
-        return 0
-    header = f"{'worker':<36} {'host':<14} {'pid':>7} {'cores':>5} {'kernels':<18} {'tasks':>9} " \
-             f"{'G samples/s':>11} {'busy %':>6} {'up':>8}"
-    print(header)
+    settings = Settings.from_env(ns=args.ns)
+    while True:
+        rows = cluster_status(settings)
+        if args.json:
+            print(json.dumps(rows), flush=True)
+        else:
+            if args.watch and sys.stdout.isatty():
+                print("\033[H\033[J", end="")  # clear the terminal between rounds
+            _print_status(rows, settings.ns)
+        if not args.watch:
+            return 0
+        time.sleep(args.watch)
+
+
+def _print_status(rows: list[dict[str, Any]], ns: str) -> None:
+    print(f"{'worker':<32} {'host':<14} {'pid':>7} {'cores':>5} {'kernels':<18} {'tasks':>9} "
+          f"{'in flight':>9} {'G samples/s':>11} {'busy 10s':>8} {'up':>8}")
     for r in rows:
         name = r["name"].removeprefix(NAME_PREFIX)
         if not r["reachable"]:
-            print(f"{name:<36} unreachable: {r['error']}")
+            print(f"{name:<32} unreachable: {r['error']}")
             continue
-        print(f"{name:<36} {r['host']:<14} {r['pid']:>7} {r['cores']:>5} {','.join(r['kernels']):<18} "
-              f"{r['tasks']:>9} {r['samples_per_second'] / 1e9:>11.2f} {r['busy_percent']:>6.1f} "
-              f"{_duration(r['uptime']):>8}")
+        print(f"{name:<32} {r['host']:<14} {r['pid']:>7} {r['cores']:>5} {','.join(r['kernels']):<18} "
+              f"{r['tasks']:>9} {r['in_flight']:>9} {r['samples_per_second'] / 1e9:>11.2f} "
+              f"{r['recent_busy_percent']:>7.1f}% {_duration(r['uptime']):>8}")
     if not rows:
-        print("(no workers registered)")
-    return 0
+        print(f"(no workers registered in the name server at {ns})")
+    sys.stdout.flush()
 
 
 def _duration(seconds: float) -> str:

@@ -15,6 +15,7 @@ import Pyro4
 import serpent
 
 from . import kernels
+from .activity import Activity
 from .errors import KernelError
 from .references import Resolver
 from .replies import error_entry, fail_unsendable, marshal_plain, short_repr
@@ -73,6 +74,7 @@ class Evaluator:
         self._started = time.time()
         self._tasks = self._samples = self._errors = 0
         self._busy = 0.0
+        self._activity = Activity()
 
     def pi_hits(self, samples: int, seed: int = 0) -> int:
         """Count hits of ``samples`` random points inside the quarter circle.
@@ -81,9 +83,10 @@ class Evaluator:
             TypeError, KernelError: samples or seed is not an integer in range.
         """
         n = check_count("samples", samples)
-        started = time.perf_counter()
-        hits = int(kernels.pi_hits(n, check_seed(seed)))
-        self._record(1, n, time.perf_counter() - started)
+        with self._activity.busy():
+            started = time.perf_counter()
+            hits = int(kernels.pi_hits(n, check_seed(seed)))
+            self._record(1, n, time.perf_counter() - started)
         return hits
 
     def integrate(self, integrand: str, samples: int, seed: int = 0, lower: Any = 0.0,
@@ -106,10 +109,11 @@ class Evaluator:
             raise KernelError("the box between lower and upper is too large: its volume overflows a "
                               "float, so every sample would be inf or nan; integrate over a smaller box")
         n = check_count("samples", samples)
-        started = time.perf_counter()
-        count, total, total_sq = kernels.integrate(kernels.INTEGRANDS.index(integrand), n,
-                                                   check_seed(seed), lo, hi)
-        self._record(1, n, time.perf_counter() - started)
+        with self._activity.busy():
+            started = time.perf_counter()
+            count, total, total_sq = kernels.integrate(kernels.INTEGRANDS.index(integrand), n,
+                                                       check_seed(seed), lo, hi)
+            self._record(1, n, time.perf_counter() - started)
         return {"n": int(count), "sum": float(total), "sumsq": float(total_sq)}
 
     def batch(self, task: str, args: Sequence[Sequence[Any]], kwargs: dict[str, Any] | None = None,
@@ -141,7 +145,7 @@ class Evaluator:
             raise TypeError("kwargs must be a dict with string keys or None")
         if seeds is not None and (not isinstance(seeds, (list, tuple)) or len(seeds) != len(args)):
             raise TypeError("seeds must be None or a list with one seed per argument list")
-        with self._run_lock:
+        with self._activity.waiting(len(args)), self._run_lock, self._activity.busy():
             started = time.perf_counter()
             results, errors = _run_all(fn, args, kwargs or {}, seeds)
             seconds = time.perf_counter() - started
@@ -162,10 +166,17 @@ class Evaluator:
                 "pyro4": Pyro4.__version__, "numpy": np.__version__, "numba": numba.__version__}
 
     def stats(self) -> dict[str, Any]:
-        """Counters since start: tasks, samples, errors, busy seconds, up time."""
+        """Counters since start, recent busy seconds and tasks in flight.
+
+        Returns:
+            ``tasks``, ``samples``, ``errors``, ``busy_seconds`` and ``uptime`` since start;
+            ``recent_busy`` seconds busy in the last ``recent_window`` seconds; ``in_flight``:
+            tasks of batches running or queued here now.
+        """
         with self._lock:
-            return {"tasks": self._tasks, "samples": self._samples, "errors": self._errors,
-                    "busy_seconds": self._busy, "uptime": time.time() - self._started}
+            counters = {"tasks": self._tasks, "samples": self._samples, "errors": self._errors,
+                        "busy_seconds": self._busy, "uptime": time.time() - self._started}
+        return {**counters, **self._activity.snapshot()}
 
     def _task(self, task: Any) -> Callable[..., Any]:
         if not isinstance(task, str):

@@ -8,27 +8,38 @@ import Pyro4
 import Pyro4.errors
 
 from .config import NAME_PREFIX, Settings
+from .diagnose import connect_ns, explain
 from .errors import WorkerUnavailableError
 from .wire import register_wire
 
-PROBE_TIMEOUT = 3.0
+PROBE_TIMEOUT = 3.0  # seconds one worker may take to answer
+
+
+def registered_workers(settings: Settings) -> dict[str, str]:
+    """Names and URIs of the workers registered in the name server.
+
+    Raises:
+        WorkerUnavailableError: the name server cannot be reached (the message says why).
+    """
+    register_wire()
+    with connect_ns(settings) as ns:
+        try:
+            return dict(ns.list(prefix=NAME_PREFIX))
+        except Pyro4.errors.PyroError as e:
+            raise WorkerUnavailableError(explain(e, settings.ns, "the name server")) from e
 
 
 def cluster_status(settings: Settings) -> list[dict[str, Any]]:
     """One row per registered worker: its ``info()`` and ``stats()`` plus derived rates.
 
-    Unreachable registrations get ``{"name", "uri", "reachable": False, "error"}``.
+    ``busy_percent`` is the lifetime share, ``recent_busy_percent`` the share of the last
+    ``recent_window`` seconds (10). Unreachable registrations get ``{"name", "uri",
+    "reachable": False, "error"}`` with the error explained in one sentence.
 
     Raises:
         WorkerUnavailableError: the name server cannot be reached.
     """
-    register_wire()
-    host, port = settings.ns_address
-    try:
-        with Pyro4.locateNS(host, port, hmac_key=settings.hmac_bytes) as ns:
-            names = dict(ns.list(prefix=NAME_PREFIX))
-    except Pyro4.errors.PyroError as e:
-        raise WorkerUnavailableError(f"cannot reach the name server at {settings.ns}: {e}") from e
+    names = registered_workers(settings)
     if not names:
         return []
     with concurrent.futures.ThreadPoolExecutor(min(32, len(names))) as probes:
@@ -43,8 +54,13 @@ def _probe(settings: Settings, name: str, uri: str) -> dict[str, Any]:
             proxy._pyroTimeout = PROBE_TIMEOUT
             info, stats = proxy.info(), proxy.stats()
     except Pyro4.errors.PyroError as e:
-        return {"name": name, "uri": uri, "reachable": False, "error": str(e) or type(e).__name__}
+        where = uri.partition("@")[2] or uri
+        return {"name": name, "uri": uri, "reachable": False,
+                "error": explain(e, where, f"worker {name.removeprefix(NAME_PREFIX)}")}
     busy, uptime = stats["busy_seconds"], stats["uptime"]
+    window = stats.get("recent_window", 0.0)
+    recent = 100.0 * stats.get("recent_busy", 0.0) / window if window > 0 else 0.0
     return {**info, **stats, "name": name, "uri": uri, "reachable": True,
             "samples_per_second": stats["samples"] / busy if busy > 0 else 0.0,
-            "busy_percent": 100.0 * busy / uptime if uptime > 0 else 0.0}
+            "busy_percent": 100.0 * busy / uptime if uptime > 0 else 0.0,
+            "recent_busy_percent": min(100.0, recent), "in_flight": stats.get("in_flight", 0)}

@@ -8,6 +8,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from typing import Any
 
 import Pyro4
@@ -15,7 +16,8 @@ import Pyro4.errors
 import Pyro4.naming
 
 from . import __version__, kernels
-from .config import NAME_PREFIX, Settings, require_secret
+from .config import NAME_PREFIX, Settings, is_loopback, require_secret
+from .diagnose import explain, explain_bind, peer_alive
 from .errors import ComputeError, ConfigError
 from .evaluator import KERNELS, Evaluator
 from .references import Resolver
@@ -24,7 +26,8 @@ from .wire import register_wire
 
 log = logging.getLogger(__name__)
 NS_TIMEOUT = 10.0  # seconds a call to the name server may take
-STARTUP_RETRY = 0.1  # seconds between registration attempts until the first succeeds
+STARTUP_RETRY = 0.1  # seconds before the second registration attempt; doubles up to discovery_interval
+REPEAT_AFTER = 60.0  # seconds before the same registration problem is logged again
 
 
 def configure_pyro(settings: Settings) -> None:
@@ -51,6 +54,31 @@ def locate_ns(settings: Settings) -> Any:
     return Pyro4.locateNS(host, port, hmac_key=settings.hmac_bytes)
 
 
+def check_reachable(settings: Settings) -> None:
+    """Refuse a loopback worker that would register in a name server on another address.
+
+    Raises:
+        ConfigError: the worker binds a loopback address but the name server is elsewhere, so
+            the URI it registers (127.0.0.1:PORT) would send every other machine's clients to itself.
+    """
+    ns_host = settings.ns_address[0]
+    if not is_loopback(settings.host) or is_loopback(ns_host) or not _resolves(ns_host):
+        return
+    raise ConfigError(f"this worker would listen on {settings.host} (loopback) but register in the name "
+                      f"server at {settings.ns}, which is not on loopback: clients on other machines "
+                      f"would be sent to their own {settings.host}. Start it with --host set to this "
+                      "machine's address on the network the name server and clients use (e.g. "
+                      "--host 10.0.0.7, or PYRO_COMPUTE_HOST)")
+
+
+def _resolves(host: str) -> bool:
+    try:
+        socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return True
+
+
 class Worker:
     """One Pyro4 daemon hosting one Evaluator, registered in the name server while it serves."""
 
@@ -58,20 +86,29 @@ class Worker:
                  script: str | None = None, by_value: bool = False) -> None:
         self.settings = settings
         self.name = NAME_PREFIX + (name or f"{socket.gethostname()}.{os.getpid()}")
+        # A plain flag for signal handlers (an Event's lock taken twice by nested handlers
+        # deadlocks); the Event wakes the registrar and is set by the main thread only.
+        self._stopping = False
         self._stop = threading.Event()
         if by_value and settings.hmac_bytes is None:
             raise ConfigError("--allow-by-value runs code that callers send, so it needs a shared "
                               "secret: set PYRO_COMPUTE_HMAC_KEY or PYRO_COMPUTE_HMAC_KEY_FILE")
+        check_reachable(settings)
         resolver = Resolver(settings.allowed_modules, script, by_value)
         self._busy = threading.Lock()
         self.evaluator = Evaluator(resolver, self.name, self._busy)
         kernels.warm_up()
-        self.daemon = GuardedDaemon(host=settings.host, port=port, idle_timeout=settings.idle_timeout)
+        try:
+            self.daemon = GuardedDaemon(host=settings.host, port=port, idle_timeout=settings.idle_timeout)
+        except OSError as e:
+            raise ConfigError(explain_bind(e, settings.host, port, "the worker")) from None
         self.daemon._pyroHmacKey = settings.hmac_bytes
         self.uri = self.daemon.register(self.evaluator, objectId=self.name)
         self.metadata = {"pyro_compute.evaluator", f"kernels:{','.join(KERNELS)}",
                          f"cores:{os.cpu_count() or 1}", f"host:{socket.gethostname()}",
                          f"version:{__version__}"}
+        self.registered = threading.Event()  # set once the name server maps our name to us
+        self._last_problem = ("", 0.0)
         self._registrar = threading.Thread(target=self._keep_registered, name="registrar", daemon=True)
 
     def serve(self) -> None:
@@ -79,19 +116,20 @@ class Worker:
         self._registrar.start()
         log.info("worker %s serving at %s", self.name, self.uri)
         try:
-            self.daemon.requestLoop(loopCondition=lambda: not self._stop.is_set())
+            self.daemon.requestLoop(loopCondition=lambda: not self._stopping)
         finally:
+            self._stopping = True
             self._stop.set()
             self.daemon.transportServer.stop_listening()
-            self._registrar.join(timeout=5)
+            self._registrar.join(timeout=2 * NS_TIMEOUT)
             self._unregister()
             self._drain(min(self.settings.call_timeout, 30.0))
             self.daemon.close()
             log.info("worker %s stopped", self.name)
 
     def stop(self) -> None:
-        """Ask the request loop to finish; safe from a signal handler and to call twice."""
-        self._stop.set()
+        """Ask the request loop to finish; sets a plain flag only, so safe in (nested) signal handlers."""
+        self._stopping = True
 
     def _drain(self, timeout: float) -> None:
         """Let a running batch finish so its pool gets the result instead of retrying it."""
@@ -100,44 +138,66 @@ class Worker:
         else:
             log.warning("worker %s stops with a batch still running; its pool will retry it", self.name)
 
-    def _register(self, quiet: bool = False) -> bool:
+    def _keep_registered(self) -> None:
+        """Hold our name: retry (saying why) until it is ours, then check it now and then."""
+        wait = STARTUP_RETRY
+        while not self._stopping:
+            if self._hold():
+                wait = self.settings.discovery_interval
+            else:
+                wait = min(wait * 2, self.settings.discovery_interval)
+            if self._stop.wait(wait):
+                return
+
+    def _hold(self) -> bool:
+        """One round: make the name server map our name to us unless a live worker holds it."""
         try:
             with locate_ns(self.settings) as ns:
-                ns.register(self.name, self.uri, metadata=self.metadata)
-            return True
-        except Pyro4.errors.PyroError as e:
-            log.log(logging.DEBUG if quiet else logging.WARNING, "cannot register %s with the name "
-                    "server at %s: %s", self.name, self.settings.ns, e)
+                current = ns.list(prefix=self.name).get(self.name)
+                if current == str(self.uri):
+                    return True
+                if current and not self._take_over(ns, current):
+                    return False
+                ns.register(self.name, self.uri, safe=True, metadata=self.metadata)
+        except Pyro4.errors.NamingError as e:
+            if "already registered" in str(e):  # another worker took it between our list and register
+                return False
+            self._problem(f"cannot register {self.name}: " + explain(e, self.settings.ns, "the name server"))
             return False
+        except Pyro4.errors.PyroError as e:
+            self._problem(f"cannot register {self.name}: " + explain(e, self.settings.ns, "the name server")
+                          + "; retrying")
+            return False
+        self._registered_now()
+        return True
 
-    def _keep_registered(self) -> None:
-        """Register (retrying quickly until the name server is up), then check now and then."""
-        while not self._register(quiet=True):
-            if self._stop.wait(STARTUP_RETRY):
-                return
-        while not self._stop.wait(self.settings.discovery_interval):
-            where = self._registered()
-            if where is None or where == str(self.uri):
-                continue
-            if where:
-                # Anyone with the secret may overwrite a name; say so loudly, then take it back.
-                log.warning("the name %s points to %s, not to this worker (%s): another secret "
-                            "holder registered it; registering it again", self.name, where, self.uri)
-            if self._register():
-                log.info("registered %s again", self.name)
+    def _take_over(self, ns: Any, current: str) -> bool:
+        """Free the name from a dead holder; False (said loudly) while a live worker holds it."""
+        if peer_alive(current, self.settings.hmac_bytes):
+            self._problem(f"the name {self.name} is held by another live worker at {current}; this "
+                          f"worker ({self.uri}) serves unregistered and takes the name only when that "
+                          "one is gone. Give each worker its own --name.", level=logging.ERROR)
+            return False
+        if ns.list(prefix=self.name).get(self.name) == current:  # still the dead one: remove it
+            ns.remove(self.name)
+        log.warning("the name %s points to %s, which does not answer; this worker (%s) takes the name",
+                    self.name, current, self.uri)
+        return True
 
-    def _registered(self) -> str | None:
-        """The URI the name server maps our name to ("" when none); None when it cannot be reached."""
-        try:
-            ns = locate_ns(self.settings)
-        except Pyro4.errors.PyroError:
-            return None
-        with ns:
-            try:
-                # list() answers plain strings; lookup() would rebuild a URI object.
-                return str(ns.list(prefix=self.name).get(self.name, ""))
-            except Pyro4.errors.PyroError:
-                return None
+    def _problem(self, text: str, level: int = logging.WARNING) -> None:
+        """Log a registration problem when it is new, and again only every REPEAT_AFTER seconds."""
+        last, when = self._last_problem
+        now = time.monotonic()
+        if text != last or now - when > REPEAT_AFTER:
+            log.log(level, "%s", text)
+            self._last_problem = (text, now)
+
+    def _registered_now(self) -> None:
+        again = self.registered.is_set()
+        self.registered.set()
+        self._last_problem = ("", 0.0)
+        log.info("registered %s in the name server at %s%s", self.name, self.settings.ns,
+                 " again" if again else "")
 
     def _unregister(self) -> None:
         try:
@@ -145,7 +205,7 @@ class Worker:
                 if ns.list(prefix=self.name).get(self.name) == str(self.uri):
                     ns.remove(self.name)
         except Pyro4.errors.PyroError as e:
-            log.warning("cannot unregister %s: %s", self.name, e)
+            log.warning("cannot unregister %s: %s", self.name, explain(e, self.settings.ns, "the name server"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,26 +235,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a worker until SIGTERM or SIGINT; return the exit status."""
+    """Run a worker until SIGTERM or SIGINT; return the exit status (130 after Ctrl-C while starting)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    modules = ",".join(filter(None, [os.environ.get("PYRO_COMPUTE_ALLOW_MODULES", ""), *args.allow_module]))
-    from . import slurm, supervisor
     try:
-        slurm.apply_environment(args)  # under srun: name, name server, address and -n from Slurm
-        settings = Settings.from_env(ns=args.ns, host=args.host, hmac_key_file=args.hmac_key_file,
-                                     allow_modules=modules or None)
-        require_secret(settings, args.insecure, "compute-worker", settings.host)
-        configure_pyro(settings)
-        if (args.workers or 1) > 1:
-            return supervisor.serve_many(settings, args.workers, name=args.name, port=args.port,
-                                         script=args.script, by_value=args.allow_by_value)
-        worker = Worker(settings, name=args.name, port=args.port, script=args.script,
-                        by_value=args.allow_by_value)
+        return _run(args)
+    except KeyboardInterrupt:
+        print("compute-worker: interrupted", file=sys.stderr)
+        return 130
     except (ComputeError, OSError) as e:
         print(f"compute-worker: error: {e}", file=sys.stderr)
         return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Check the settings, then serve one worker or supervise ``-n`` forked ones."""
+    from . import slurm, supervisor
+    modules = ",".join(filter(None, [os.environ.get("PYRO_COMPUTE_ALLOW_MODULES", ""), *args.allow_module]))
+    slurm.apply_environment(args)  # under srun: name, name server, address and -n from Slurm
+    settings = Settings.from_env(ns=args.ns, host=args.host, hmac_key_file=args.hmac_key_file,
+                                 allow_modules=modules or None)
+    require_secret(settings, args.insecure, "compute-worker", settings.host)
+    check_reachable(settings)
+    configure_pyro(settings)
+    if (args.workers or 1) > 1:
+        return supervisor.serve_many(settings, args.workers, name=args.name, port=args.port,
+                                     script=args.script, by_value=args.allow_by_value)
+    worker = Worker(settings, name=args.name, port=args.port, script=args.script,
+                    by_value=args.allow_by_value)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker.stop())
     print(f"ready {worker.name} {worker.uri}", flush=True)
