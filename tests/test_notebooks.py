@@ -1,8 +1,8 @@
 """Every demo notebook runs top to bottom against an embedded LocalCluster, and shows what it claims.
 
 Each notebook runs once, in memory, between two probe cells: the first keeps every matplotlib
-figure the notebook makes, the last prints their titles,
-labels, scales and lines as JSON, so the tests can look at the figures the reader sees.
+figure the notebook makes, the last prints their titles, labels, scales and lines as JSON, so
+the tests can look at the figures the reader sees.
 """
 from __future__ import annotations
 
