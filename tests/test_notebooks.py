@@ -50,7 +50,7 @@ print(%r + _probe_json.dumps([[_probe_axes(ax) for ax in f.get_axes()] for f in 
 
 
 @functools.lru_cache(maxsize=None)
-def executed(path: Path) -> "nbformat.NotebookNode":
+def executed(path: Path) -> Any:
     """The notebook at ``path`` run top to bottom between the probe cells (once per session)."""
     book = nbformat.read(path, as_version=4)
     book.cells.insert(0, nbformat.v4.new_code_cell(KEEP_FIGURES))
@@ -60,15 +60,16 @@ def executed(path: Path) -> "nbformat.NotebookNode":
     return book
 
 
-def outputs(book: "nbformat.NotebookNode") -> list[dict]:
+def outputs(book: Any) -> list[dict[str, Any]]:
     return [o for cell in book.cells if cell.cell_type == "code" for o in cell.outputs]
 
 
-def figures(book: "nbformat.NotebookNode") -> list[list[dict[str, Any]]]:
+def figures(book: Any) -> list[list[dict[str, Any]]]:
     """Every figure the notebook drew: a list of its axes, as the last probe cell described them."""
     text = "".join(o.get("text", "") for o in book.cells[-1].outputs)
     assert MARK in text, f"the probe cell printed no figures: {book.cells[-1].outputs}"
-    return json.loads(text.split(MARK, 1)[1])
+    described: list[list[dict[str, Any]]] = json.loads(text.split(MARK, 1)[1])
+    return described
 
 
 def notebook(stem: str) -> Path:
