@@ -8,7 +8,8 @@ all N names are registered. Then one ``Pool`` runs one untimed round of N tasks 
 connections, the chunk-size estimate) and one timed ``map`` of ``sleep_for(task_seconds)``.
 Reported per row: efficiency (ideal / measured, ideal = tasks × task_seconds / N), start-up, the
 client's threads and TCP sockets, its CPU seconds per task (the whole process, every thread), the
-PSS of the supervisor and its workers, and how many cores other processes kept busy meanwhile.
+workers' CPU seconds per task (supervisor and workers: on loopback they share the client's cores),
+the PSS of the supervisor and its workers, and how many cores other processes kept busy meanwhile.
 Every process started here is in its own session and is stopped at the end, also on Ctrl-C.
 """
 from __future__ import annotations
@@ -56,6 +57,7 @@ class Result:
     threads: int
     sockets: int
     cpu_per_task: float
+    worker_cpu_per_task: float
     pss_mib: float
     workers_used: int
     other_cores: float
@@ -100,11 +102,13 @@ class Fleet:
         self.address = f"127.0.0.1:{free_port()}"
         self.procs: list[subprocess.Popen[bytes]] = []
         self.supervisor: subprocess.Popen[bytes] | None = None
+        self.labels: dict[int, str] = {}  # pid: module it runs
 
     def _spawn(self, cmd: list[str], **env: str) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, env=child_env(**env), start_new_session=True)
         self.procs.append(proc)
+        self.labels[proc.pid] = cmd[2]
         return proc
 
     def start(self) -> float:
@@ -138,7 +142,7 @@ class Fleet:
         while not check():
             dead = [p for p in self.procs if p.poll() is not None]
             if dead:
-                raise RuntimeError(f"{what}: {dead[0].args[2]} exited with status {dead[0].returncode}")
+                raise RuntimeError(f"{what}: {self.labels[dead[0].pid]} exited with status {dead[0].returncode}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{what} within {timeout:.0f} s")
             time.sleep(0.1)
@@ -150,6 +154,17 @@ class Fleet:
             with contextlib.suppress(psutil.Error):
                 found += [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))]
         return found
+
+    def worker_cpu_seconds(self) -> float:
+        """CPU seconds the supervisor and its live workers have used."""
+        assert self.supervisor is not None
+        root = psutil.Process(self.supervisor.pid)
+        total = 0.0
+        for proc in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                t = proc.cpu_times()
+                total += t.user + t.system
+        return total
 
     def pss_mib(self) -> float:
         """PSS of the supervisor and its forked workers, in MiB."""
@@ -203,27 +218,31 @@ def measure(count: int, task_seconds: float, tasks: int, on_ready: Any = None) -
         with Pool(settings=settings) as pool:
             list(pool.map(sleep_for, [task_seconds] * count, timeout=timeout))  # untimed round
             with OtherLoad() as others:
-                cpu, began = cpu_seconds(), time.perf_counter()
+                cpu, remote, began = cpu_seconds(), fleet.worker_cpu_seconds(), time.perf_counter()
                 served = list(pool.map(sleep_for, [task_seconds] * tasks, timeout=timeout))
                 seconds, cpu = time.perf_counter() - began, cpu_seconds() - cpu
+                remote = fleet.worker_cpu_seconds() - remote
             threads, sockets = client_snapshot()
             pss = fleet.pss_mib()
         if len(served) != tasks:
             raise RuntimeError(f"{tasks} tasks gave {len(served)} results")
-        return Result(count, task_seconds, tasks, seconds, startup, threads, sockets, cpu / tasks, pss,
+        return Result(count, task_seconds, tasks, seconds, startup, threads, sockets, cpu / tasks,
+                      remote / tasks, pss,
                       len(set(served)), others.cores, os.getloadavg()[0])
 
 
 def table(results: list[Result]) -> str:
     """The results as a Markdown table."""
     header = ["workers", "task", "tasks", "ideal s", "measured s", "efficiency", "start-up s",
-              "client threads", "client TCP sockets", "client CPU/task", "workers' PSS",
+              "client threads", "client TCP sockets", "client CPU/task", "workers' CPU/task",
+              "workers' PSS",
               "workers used", "other cores busy", "load 1 min"]
     lines = [header]
     for r in results:
         lines.append([str(r.workers), f"{r.task_seconds * 1e3:g} ms", f"{r.tasks:,}", f"{r.ideal:.2f}",
                       f"{r.seconds:.2f}", f"{r.efficiency:.1%}", f"{r.startup:.1f}", str(r.threads),
-                      str(r.sockets), f"{r.cpu_per_task * 1e3:.3f} ms", f"{r.pss_mib:,.0f} MiB",
+                      str(r.sockets), f"{r.cpu_per_task * 1e3:.3f} ms",
+                      f"{r.worker_cpu_per_task * 1e3:.3f} ms", f"{r.pss_mib:,.0f} MiB",
                       str(r.workers_used), f"{r.other_cores:.2f}", f"{r.loadavg:.2f}"])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     lines.insert(1, ["-" * w for w in widths])
