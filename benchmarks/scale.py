@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import cProfile
 import dataclasses
 import datetime
 import json
+import io
 import math
+import pstats
+import threading
 import os
 import secrets
 import signal
@@ -206,7 +210,38 @@ def cpu_seconds() -> float:
     return float(t.user + t.system)
 
 
-def measure(count: int, task_seconds: float, tasks: int, on_ready: Any = None) -> Result:
+@contextlib.contextmanager
+def thread_profiles(path: str | None) -> Iterator[None]:
+    """Profile this thread and every thread started meanwhile by CPU time (not wall time); save to ``path``.
+
+    Each new thread enables its own ``cProfile.Profile(time.thread_time)`` from its first profile
+    event, so blocked time in ``recv`` or ``Condition.wait`` does not count, only CPU spent.
+    """
+    if path is None:
+        yield
+        return
+    profiles = [cProfile.Profile(time.thread_time)]
+
+    def hook(*_: Any) -> None:
+        profiles.append(cProfile.Profile(time.thread_time))
+        profiles[-1].enable()  # replaces this hook in the new thread
+
+    threading.setprofile(hook)
+    profiles[0].enable()
+    try:
+        yield
+    finally:
+        profiles[0].disable()
+        threading.setprofile(None)
+        stats = pstats.Stats(*profiles)
+        stats.dump_stats(path)
+        out = io.StringIO()
+        pstats.Stats(path, stream=out).sort_stats("tottime").print_stats(30)
+        log(f"client CPU profile (every thread, by own CPU time) saved to {path}:\n{out.getvalue()}")
+
+
+def measure(count: int, task_seconds: float, tasks: int, on_ready: Any = None,
+            profile: str | None = None) -> Result:
     """Start a fleet of ``count`` workers, run ``tasks`` tasks through one Pool, stop the fleet."""
     with Fleet(count) as fleet:
         startup = fleet.start()
@@ -215,7 +250,7 @@ def measure(count: int, task_seconds: float, tasks: int, on_ready: Any = None) -
             on_ready(fleet)
         settings = Settings(ns=fleet.address, hmac_key=fleet.key)
         timeout = max(120.0, 20 * tasks * task_seconds / count)
-        with Pool(settings=settings) as pool:
+        with thread_profiles(profile), Pool(settings=settings) as pool:
             list(pool.map(sleep_for, [task_seconds] * count, timeout=timeout))  # untimed round
             with OtherLoad() as others:
                 cpu, remote, began = cpu_seconds(), fleet.worker_cpu_seconds(), time.perf_counter()
@@ -255,10 +290,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", default="16,32,64,128,256", help="comma-separated worker counts")
     p.add_argument("--task-seconds", type=float, default=0.1, help="each task sleeps this long")
     p.add_argument("--tasks-per-worker", type=int, default=None,
-                   help="tasks per worker in the timed map (default: enough for 2 s of ideal time)")
+                   help="tasks per worker in the timed map (default: enough for 5 s of ideal time, so "
+                        "that one task more or less on the slowest worker moves efficiency by 2 %%)")
     p.add_argument("--short-row", default="32:0.01", metavar="WORKERS:SECONDS",
                    help="one more row with short tasks (default %(default)s; 'none' to skip)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument("--profile", metavar="FILE", help="cProfile the client's threads by CPU time (last row) "
+                   "into FILE (pstats) and print the top functions on stderr; slows the client")
     args = p.parse_args(argv)
     try:
         args.workers = [int(n) for n in args.workers.split(",") if n.strip()]
@@ -272,8 +310,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def tasks_for(count: int, task_seconds: float, per_worker: int | None) -> int:
-    """Tasks of the timed map: ``per_worker`` each, or enough for 2 s of ideal time."""
-    return count * (per_worker or max(1, math.ceil(2.0 / task_seconds)))
+    """Tasks of the timed map: ``per_worker`` each, or enough for 5 s of ideal time."""
+    return count * (per_worker or max(1, math.ceil(5.0 / task_seconds)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,9 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     started, load = datetime.datetime.now(datetime.timezone.utc), os.getloadavg()
     results: list[Result] = []
     try:
-        for count, secs, tasks in plan:
+        for i, (count, secs, tasks) in enumerate(plan):
             log(f"{count} workers, {tasks} tasks of {secs * 1e3:g} ms ...")
-            results.append(measure(count, secs, tasks))
+            results.append(measure(count, secs, tasks, profile=args.profile if i == len(plan) - 1 else None))
             log(f"  efficiency {results[-1].efficiency:.1%}")
     except KeyboardInterrupt:
         log("interrupted; every process started here was stopped")
