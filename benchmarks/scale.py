@@ -240,17 +240,24 @@ def thread_profiles(path: str | None) -> Iterator[None]:
         log(f"client CPU profile (every thread, by own CPU time) saved to {path}:\n{out.getvalue()}")
 
 
-def measure(count: int, task_seconds: float, tasks: int, on_ready: Any = None,
-            profile: str | None = None) -> Result:
+@contextlib.contextmanager
+def open_pool(settings: Settings) -> Iterator[Pool]:
+    """A Pool that cancels what is still queued when left by an exception (Ctrl-C), then waits."""
+    pool = Pool(settings=settings)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def measure(count: int, task_seconds: float, tasks: int, profile: str | None = None) -> Result:
     """Start a fleet of ``count`` workers, run ``tasks`` tasks through one Pool, stop the fleet."""
     with Fleet(count) as fleet:
         startup = fleet.start()
         log(f"  {count} workers registered in {startup:.1f} s; pids {fleet.pids()}")
-        if on_ready is not None:
-            on_ready(fleet)
         settings = Settings(ns=fleet.address, hmac_key=fleet.key)
         timeout = max(120.0, 20 * tasks * task_seconds / count)
-        with thread_profiles(profile), Pool(settings=settings) as pool:
+        with thread_profiles(profile), open_pool(settings) as pool:
             list(pool.map(sleep_for, [task_seconds] * count, timeout=timeout))  # untimed round
             with OtherLoad() as others:
                 cpu, remote, began = cpu_seconds(), fleet.worker_cpu_seconds(), time.perf_counter()
@@ -262,8 +269,7 @@ def measure(count: int, task_seconds: float, tasks: int, on_ready: Any = None,
         if len(served) != tasks:
             raise RuntimeError(f"{tasks} tasks gave {len(served)} results")
         return Result(count, task_seconds, tasks, seconds, startup, threads, sockets, cpu / tasks,
-                      remote / tasks, pss,
-                      len(set(served)), others.cores, os.getloadavg()[0])
+                      remote / tasks, pss, len(set(served)), others.cores, os.getloadavg()[0])
 
 
 def table(results: list[Result]) -> str:
@@ -333,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         log("interrupted; every process started here was stopped")
         return 130
     if args.json:
+        log(table(results))
         print(json.dumps({"date": started.isoformat(timespec="seconds"), "cores": os.cpu_count(),
                           "loadavg_start": load, "loadavg_end": os.getloadavg(),
                           "rows": [r.as_dict() for r in results]}, indent=2))
