@@ -6,6 +6,9 @@ cookbook functions in ``clients/`` a home in ``benchmarks.workloads`` (allowed w
 """
 from __future__ import annotations
 
+import os
+import time
+
 from clients import scoop_mapreduce, scoop_pi
 
 
@@ -17,3 +20,9 @@ def evaluate_points_in_circle(attempts: int) -> int:
 def simulate_workload(input_data: list[int]) -> int:
     """The cookbook mapReduce task: sleep 10 ms, then ``sum(input_data)``."""
     return scoop_mapreduce.simulateWorkload(input_data)  # type: ignore[no-untyped-call,no-any-return]
+
+
+def sleep_for(seconds: float) -> int:
+    """The scale benchmark's task: sleep ``seconds``, return the worker's pid (who served it)."""
+    time.sleep(seconds)
+    return os.getpid()
