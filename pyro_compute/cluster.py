@@ -18,7 +18,8 @@ import Pyro4
 import Pyro4.errors
 
 from .config import NAME_PREFIX, Settings
-from .errors import ClusterError
+from .errors import ClusterError, WorkerUnavailableError
+from .diagnose import connect_ns
 from .wire import register_wire
 
 LOCALHOST = "127.0.0.1"
@@ -101,14 +102,13 @@ class LocalCluster:
 
     def _wait_for_nameserver(self) -> None:
         assert self.nameserver is not None
-        host, port = self.settings.ns_address
         deadline = time.monotonic() + self.startup_timeout
         while True:
             try:
-                with Pyro4.locateNS(host, port, hmac_key=self.settings.hmac_bytes) as ns:
+                with connect_ns(self.settings) as ns:
                     ns.ping()
                 return
-            except Pyro4.errors.PyroError:
+            except (Pyro4.errors.PyroError, WorkerUnavailableError):
                 self._check_alive(self.nameserver, "the name server")
                 if time.monotonic() > deadline:
                     raise ClusterError(f"the name server did not answer on {self.ns} within "

@@ -44,7 +44,8 @@ def _cluster(args: argparse.Namespace, script: str | None = None) -> SSHCluster:
     if getattr(args, "workers", None):
         hosts = limit(hosts, args.workers)
     return SSHCluster(hosts, script=script, python=args.python, ssh=shlex.split(args.ssh),
-                      ns_host=args.ns_host, allow_modules=args.allow_module)
+                      ns_host=args.ns_host, allow_modules=args.allow_module,
+                      by_value=getattr(args, "allow_by_value", False))
 
 
 def run_script(pool: Pool, script: str, argv: list[str]) -> None:
@@ -85,6 +86,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start the cluster; prints 'export PYRO_COMPUTE_...' lines for eval")
     add_hostfile_options(up)
     up.add_argument("-n", "--workers", type=int, metavar="N", help="start N workers in all")
+    up.add_argument("--allow-by-value", action="store_true",
+                    help="workers accept functions sent by value (lambdas, functions of any script)")
     up.add_argument("--foreground", action="store_true", help="stay in the foreground until Ctrl-C")
     up.add_argument("--state", default=str(STATE), help=f"where to keep the cluster's state (default {STATE})")
     up.add_argument("-v", "--verbose", action="store_true", help="log what happens")
@@ -176,6 +179,7 @@ def _up_argv(args: argparse.Namespace) -> list[str]:
     argv += ["--ns-host", args.ns_host] if args.ns_host else []
     argv += ["-n", str(args.workers)] if args.workers else []
     argv += [a for m in args.allow_module for a in ("--allow-module", m)]
+    argv += ["--allow-by-value"] if args.allow_by_value else []
     return argv + (["-v"] if args.verbose else [])
 
 

@@ -20,6 +20,7 @@ import Pyro4.errors
 
 from .config import NAME_PREFIX, Settings
 from .errors import WorkerUnavailableError
+from .diagnose import explain
 from .links import ANSWERS, DOWN, OK, RETIRED, SILENT, Link, new_proxy, probe
 from .scheduler import PIPELINE_SECONDS, Scheduler
 
@@ -42,10 +43,8 @@ def scan(settings: Settings) -> dict[str, str]:
         with new_proxy(uri, "serpent", settings, settings.ns_timeout) as ns:
             return dict(ns.list(prefix=NAME_PREFIX))
     except Pyro4.errors.PyroError as e:
-        raise WorkerUnavailableError(
-            f"cannot reach the name server at {settings.ns} (waited at most {settings.ns_timeout:g} s): "
-            f"{e}. Start one (nameserver/run-ns), check that it is not stopped, or pass the right "
-            "--ns / PYRO_COMPUTE_NS and secret") from e
+        raise WorkerUnavailableError(f"cannot reach the name server: {explain(e, settings.ns, 'the name server')} "
+                                     f"(waited at most {settings.ns_timeout:g} s)") from e
 
 
 class Health:

@@ -154,6 +154,7 @@ def run_nameserver(args: argparse.Namespace) -> int:
     """Serve a Pyro4 name server with the header's secret until stdin closes."""
     import Pyro4
 
+    from .naming import Pruner
     from .server import GuardedNameServerDaemon
     from .wire import register_wire
 
@@ -166,8 +167,14 @@ def run_nameserver(args: argparse.Namespace) -> int:
     daemon = GuardedNameServerDaemon(args.host, args.port)  # strangers held as in run-ns
     daemon._pyroHmacKey = header["secret"].encode() or None
     print(f"ready {daemon.uriFor(daemon.nameserver)}", flush=True)
-    with daemon:
-        daemon.requestLoop(loopCondition=lambda: not stdin.gone(0))
+    pruner = Pruner(daemon.nameserver, daemon._pyroHmacKey)  # drop names of dead workers
+    pruner.thread.start()
+    try:
+        with daemon:
+            daemon.requestLoop(loopCondition=lambda: not stdin.gone(0))
+    finally:
+        pruner.stop.set()
+        pruner.thread.join(timeout=10)
     return 0
 
 

@@ -68,7 +68,7 @@ def test_the_batch_script_has_its_parts_in_order_and_no_secret_on_a_command_line
         assert f"#SBATCH {option}" in lines
     assert "#SBATCH --exclusive" not in lines
     order = [next(i for i, line in enumerate(lines) if marker in line) for marker in
-             ("Pyro4.naming", "srun --ntasks-per-node=1", "pyro_compute.slurm wait", "pyro_compute run")]
+             ("pyro_compute.naming", "srun --ntasks-per-node=1", "pyro_compute.slurm wait", "pyro_compute run")]
     assert order == sorted(order), "name server, workers, wait, script"
     assert f"--script '{script}' --allow-module numpy &" in text
     assert lines[-1].endswith(f"'{script}' --steps 10")
@@ -178,6 +178,6 @@ def test_a_script_runs_on_one_worker_per_core_of_a_real_slurm_job(slurm: Slurm, 
     assert "2 workers registered" in out and "WARNING" not in out and "Killed" not in out, out
     print(f"\nSlurm job {job}: sbatch --wait returned after {elapsed:.1f} s")
     port = ns_port(job)
-    leftovers = with_marker(str(script)) + [p for p in with_marker("Pyro4.naming") if f"-p {port}" in " ".join(p.cmdline())]
+    leftovers = with_marker(str(script)) + [p for p in with_marker("pyro_compute.naming") if f"-p {port}" in " ".join(p.cmdline())]
     kill_all(leftovers)
     assert not leftovers, "the job left processes running"
