@@ -164,7 +164,9 @@ class Scheduler:
         wanted = len(self.pending)
         for pipelining in (False, True):  # idle workers first, then a second call behind a short one
             for d in list(self.idle):
-                if wanted and bool(d.link.calls) == pipelining and self.may_take(d.link, now):
+                if not wanted:
+                    return
+                if bool(d.link.calls) == pipelining and self.may_take(d.link, now):
                     del self.idle[d]
                     d.wake.notify()
                     wanted -= 1
@@ -269,7 +271,7 @@ class Scheduler:
                 other.started = now  # the call queued behind this one starts running now
             if verdict is not None and not call.aborted:
                 self.settle_failure(d.link, chunk, error, verdict)
-            self.wake_idle()
+                self.wake_idle()  # a requeued chunk; after a success ``d`` takes the next one itself
             self.check_over()
         self.flush()
 

@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -205,16 +206,22 @@ def browser(tmp_path: Path) -> Iterator[Any]:
 
 @pytest.fixture
 def ghost(cluster: LocalCluster) -> Iterator[str]:
-    """A registration in the name server whose worker is gone (nothing listens on port 1)."""
+    """A registration whose worker never answers: its port accepts connections but nobody serves them.
+
+    (A refused port would be pruned from the name server within seconds, as dead workers are.)
+    """
     name = "pyro_compute.evaluator.ghost-of-a-worker"
     host, port = cluster.settings.ns_address
-    with Pyro4.locateNS(host, port, hmac_key=cluster.settings.hmac_bytes) as ns:
-        ns.register(name, "PYRO:obj_gone@127.0.0.1:1")
-    try:
-        yield name
-    finally:
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(8)
         with Pyro4.locateNS(host, port, hmac_key=cluster.settings.hmac_bytes) as ns:
-            ns.remove(name)
+            ns.register(name, f"PYRO:obj_gone@127.0.0.1:{hung.getsockname()[1]}")
+        try:
+            yield name
+        finally:
+            with Pyro4.locateNS(host, port, hmac_key=cluster.settings.hmac_bytes) as ns:
+                ns.remove(name)
 
 
 def test_page_marks_unreachable_registrations(cluster: LocalCluster, ghost: str, browser: Any) -> None:
