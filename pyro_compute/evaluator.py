@@ -1,10 +1,12 @@
 """The remote object a worker hosts: validate arguments, run kernels and tasks, return plain data."""
 from __future__ import annotations
 
+import functools
 import marshal
 import os
 import platform
 import socket
+import sys
 import threading
 import time
 from typing import Any, Callable, Sequence
@@ -14,7 +16,7 @@ import numpy as np
 import Pyro4
 import serpent
 
-from . import kernels
+from . import kernels, taskctx
 from .errors import KernelError
 from .references import Resolver
 from .replies import error_entry, fail_unsendable, marshal_plain, short_repr
@@ -63,7 +65,7 @@ class Evaluator:
     """Runs Monte Carlo kernels and allowed functions for remote callers; never dies of bad input."""
 
     def __init__(self, resolver: Resolver | None = None, name: str = "",
-                 run_lock: threading.Lock | None = None) -> None:
+                 run_lock: threading.Lock | None = None, settings: Any = None) -> None:
         self.name = name
         self._resolver = resolver or Resolver()
         self._lock = threading.Lock()
@@ -73,6 +75,9 @@ class Evaluator:
         self._started = time.time()
         self._tasks = self._samples = self._errors = 0
         self._busy = 0.0
+        # Tasks on this worker reach its cluster through futures without configuration.
+        taskctx.install(taskctx.Host(name or f"pid{os.getpid()}", functools.partial(_worker_settings, settings),
+                                     self._run_lock, self._run_inline, self._resolver.by_value))
 
     def pi_hits(self, samples: int, seed: int = 0) -> int:
         """Count hits of ``samples`` random points inside the quarter circle.
@@ -177,6 +182,18 @@ class Evaluator:
                               "or functions by 'module:function' reference")
         return getattr(self, task)  # type: ignore[no-any-return]
 
+    def _run_inline(self, chunk: Any) -> None:
+        """Run a chunk of a pool made in this process here, as part of the task that waits."""
+        try:
+            fn = self._task(chunk.task) if chunk.code is None else self._resolver.load(_bytes(chunk.code))
+        except Exception as e:  # the chunk's failure, reported through its future
+            chunk.fail(e)
+            return
+        results, errors = _run_all(fn, chunk.args, chunk.kwargs or {}, chunk.seeds)
+        if ":" in chunk.task or chunk.code is not None:
+            self._record(len(chunk.args), 0, 0.0)
+        chunk.resolve(results, errors)
+
     def _record(self, tasks: int, samples: int, busy: float) -> None:
         with self._lock:
             self._tasks += tasks
@@ -188,7 +205,9 @@ def _run_all(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]
              seeds: Sequence[int] | None) -> tuple[list[Any], list[list[Any]]]:
     results: list[Any] = []
     errors: list[list[Any]] = []
+    stack = taskctx.frames()
     for i, item in enumerate(args):
+        stack.append(taskctx.Frame(None if seeds is None else int(seeds[i])))
         try:
             if not isinstance(item, (list, tuple)):
                 raise TypeError(f"argument list {i} must be a list or tuple, not {type(item).__name__}")
@@ -199,7 +218,19 @@ def _run_all(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]
         except Exception as e:  # a task's failure belongs to that task, never to the worker
             results.append(None)
             errors.append(error_entry(i, e))
+        finally:
+            stack.pop()
     return results, errors
+
+
+def _worker_settings(given: Any) -> Any:
+    """The settings of the cluster this worker serves: given, or read like compute-worker does."""
+    if given is not None:
+        return given
+    from .config import Settings
+    from .worker import build_parser  # here: worker imports this module
+    args, _ = build_parser().parse_known_args(sys.argv[1:])
+    return Settings.from_env(ns=args.ns, host=args.host, hmac_key_file=args.hmac_key_file)
 
 
 def _reply(results: list[Any], errors: list[list[Any]], seconds: float, over_marshal: bool) -> dict[str, Any]:

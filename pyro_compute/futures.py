@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import atexit
 import threading
+import time
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Future
 from concurrent.futures import as_completed as _as_completed
 from concurrent.futures import wait as _wait
 from typing import Any, Callable, Iterable, Iterator
 
+from . import taskctx
 from .pool import Pool
 
 __all__ = ["map", "map_as_completed", "mapReduce", "submit", "as_completed", "wait", "shutdown",
@@ -19,6 +21,7 @@ __all__ = ["map", "map_as_completed", "mapReduce", "submit", "as_completed", "wa
 
 _lock = threading.Lock()
 _pool: Pool | None = None
+_task_pool: Pool | None = None  # inside a worker: the pool tasks share, on the worker's own cluster
 
 
 def default_pool() -> Pool:
@@ -27,8 +30,15 @@ def default_pool() -> Pool:
     Raises:
         WorkerUnavailableError: no name server answers at ``PYRO_COMPUTE_NS``.
     """
-    global _pool
+    global _pool, _task_pool
     with _lock:
+        if taskctx.host is not None and taskctx.in_task():
+            if _task_pool is None:
+                host = taskctx.host
+                _task_pool = Pool(settings=host.settings(), by_value=host.by_value)
+                _task_pool._scheduler.pipeline = False  # a call may wait on its children for long
+                taskctx.add_scheduler(_task_pool._scheduler)
+            return _task_pool
         if _pool is None:
             _pool = Pool()
             atexit.register(_pool.shutdown, wait=False)
@@ -42,36 +52,70 @@ def set_default_pool(pool: Pool | None) -> None:
         _pool = pool
 
 
+def _seeded(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Inside a seeded task, give a nested call without a seed one derived from the task's."""
+    if kwargs.get("seed") is None:
+        seed = taskctx.next_seed()
+        if seed is not None:
+            kwargs["seed"] = seed
+    return kwargs
+
+
 def map(func: Callable[..., Any] | str, *iterables: Iterable[Any], **kwargs: Any) -> Iterator[Any]:  # noqa: A001
     """Apply ``func`` to the zipped iterables on the workers; results in input order (lazy)."""
-    return default_pool().map(func, *iterables, **kwargs)
+    return default_pool().map(func, *iterables, **_seeded(kwargs))
 
 
 def map_as_completed(func: Callable[..., Any] | str, *iterables: Iterable[Any], **kwargs: Any) -> Iterator[Any]:
     """Like ``map``, yielding each result as soon as it is ready."""
-    return default_pool().map_as_completed(func, *iterables, **kwargs)
+    return default_pool().map_as_completed(func, *iterables, **_seeded(kwargs))
 
 
 def mapReduce(mapFunc: Callable[..., Any] | str, reductionOp: Callable[[Any, Any], Any],  # noqa: N802,N803
               *iterables: Iterable[Any], **kwargs: Any) -> Any:
     """Map on the workers and fold the results with ``reductionOp`` as they arrive."""
-    return default_pool().map_reduce(mapFunc, reductionOp, *iterables, **kwargs)
+    return default_pool().map_reduce(mapFunc, reductionOp, *iterables, **_seeded(kwargs))
 
 
 def submit(func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> Future[Any]:
-    """Schedule ``func(*args, **kwargs)`` on a worker and return its Future."""
-    return default_pool().submit(func, *args, **kwargs)
+    """Schedule ``func(*args, **kwargs)`` on a worker and return its Future.
+
+    Inside a task that got a seed, ``func`` gets keyword ``seed`` derived from it.
+    """
+    return default_pool().submit(func, *args, **_seeded(kwargs))
 
 
 def as_completed(fs: Iterable[Future[Any]], timeout: float | None = None) -> Iterator[Future[Any]]:
     """Yield the futures as they complete (``concurrent.futures.as_completed``)."""
-    return _as_completed(fs, timeout)
+    if not taskctx.in_task():
+        return _as_completed(fs, timeout)
+    return _as_completed_in_task(set(fs), timeout)
+
+
+def _as_completed_in_task(fs: set[Future[Any]], timeout: float | None) -> Iterator[Future[Any]]:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while fs:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise TimeoutError(f"{len(fs)} of the futures did not complete within {timeout} s")
+        taskctx.wait(fs, remaining, FIRST_COMPLETED)
+        for f in [f for f in fs if f.done()]:
+            fs.discard(f)
+            yield f
 
 
 def wait(fs: Iterable[Future[Any]], timeout: float | None = None,
          return_when: str = ALL_COMPLETED) -> Any:
-    """Wait for the futures (``concurrent.futures.wait``); returns ``(done, not_done)``."""
-    return _wait(fs, timeout, return_when)
+    """Wait for the futures (``concurrent.futures.wait``); returns ``(done, not_done)``.
+
+    As in SCOOP, a negative ``timeout`` (SCOOP's default -1) means wait as long as it takes.
+    """
+    fs = list(fs)
+    if timeout is not None and timeout < 0:
+        timeout = None
+    if taskctx.in_task():
+        taskctx.wait(fs, timeout, return_when)
+    return _wait(fs, 0 if taskctx.in_task() else timeout, return_when)
 
 
 def shutdown(wait: bool = True) -> None:  # noqa: A002

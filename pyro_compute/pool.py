@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import functools
 import itertools
+import sys
 import time
 import weakref
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
@@ -31,7 +32,7 @@ from .chunk import Chunk, items
 from .config import Settings
 from .feeder import Feeder
 from .health import Health
-from .references import by_value_needed, reference_of
+from .references import SCRIPT_MODULE, by_value_needed, reference_of
 from .scheduler import Scheduler
 from .wire import register_wire
 
@@ -148,6 +149,9 @@ class Pool(concurrent.futures.Executor):
 
     def _task_of(self, fn: Callable[..., Any] | str) -> tuple[str, bytes | None]:
         """How ``fn`` travels: a reference, or (by_value pools) cloudpickled bytes."""
+        ref = _script_reference(fn)
+        if ref is not None:
+            return ref, None
         if not (self.by_value and by_value_needed(fn)):
             return reference_of(fn), None
         try:
@@ -197,3 +201,14 @@ class Pool(concurrent.futures.Executor):
         finally:
             feeder.stop()
             bar.close()
+
+
+def _script_reference(fn: Any) -> str | None:
+    """Inside a worker, a top-level function of the launcher's script, named as its client names it."""
+    if getattr(fn, "__module__", None) != SCRIPT_MODULE or "<" in getattr(fn, "__qualname__", "<"):
+        return None
+    module = sys.modules.get(SCRIPT_MODULE)
+    if module is None or getattr(module, fn.__qualname__.split(".")[0], None) is None:
+        return None
+    options = {"script": module.__file__, "sha256": module.__dict__["__pyro_compute_sha256__"]}
+    return f"__main__:{fn.__qualname__} {options!r}"

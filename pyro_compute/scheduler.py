@@ -44,6 +44,9 @@ class Scheduler:
         self.idle: dict[Dispatcher, None] = {}  # waiting dispatchers, oldest first
         self.per_item: dict[str, float] = {}
         self.busy = 0
+        # False in pools made inside tasks: a call there may wait on its own children for long,
+        # so nothing is queued behind it (and duplicated when it overruns).
+        self.pipeline = True
         self.feeders = 0
         self.shutting_down = False
         self.over = threading.Event()  # shut down and nothing left to run: threads exit
@@ -151,7 +154,7 @@ class Scheduler:
 
     def may_take(self, link: Link, now: float) -> bool:
         """Whether ``link`` may get a call now: it is idle, or it runs one short, on-time call."""
-        if link.state != OK or len(link.calls) >= SLOTS:
+        if link.state != OK or len(link.calls) >= SLOTS or (link.calls and not self.pipeline):
             return False
         return all(c.expected is not None and c.expected < PIPELINE_SECONDS
                    and now - c.started < max(c.expected, 0.005) for c in link.calls.values())
