@@ -139,7 +139,10 @@ def _pool(args: argparse.Namespace, script: str | None = None) -> Iterator[Pool]
         with Pool(args.ns) as pool:
             yield pool
         return
-    with LocalCluster(args.workers, script=script) as cluster, Pool(cluster=cluster) as pool:
+    # The launcher's own cluster: per-run secret, loopback, every process the user's: lambdas,
+    # closures and partials travel by value. A shared cluster (--ns) keeps that opt-in.
+    with LocalCluster(args.workers, script=script, by_value=True) as cluster, \
+            Pool(cluster=cluster, by_value=True) as pool:
         yield pool
 
 

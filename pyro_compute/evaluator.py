@@ -118,11 +118,13 @@ class Evaluator:
         return {"n": int(count), "sum": float(total), "sumsq": float(total_sq)}
 
     def batch(self, task: str, args: Sequence[Sequence[Any]], kwargs: dict[str, Any] | None = None,
-              seeds: Sequence[int] | None = None, code: bytes | None = None) -> dict[str, Any]:
+              seeds: Sequence[int] | None = None, code: bytes | None = None,
+              rows: bytes | None = None) -> dict[str, Any]:
         """Run ``task`` once per argument tuple; ``seeds[i]`` (if given) becomes keyword ``seed``.
 
         With ``code`` (a cloudpickled function, only where the worker allows it) that function
-        runs instead and ``task`` is just its label. Over marshal, ``args`` may come packed as
+        runs instead and ``task`` is just its label. ``rows`` (same condition) are the argument
+        lists cloudpickled, for objects plain data cannot carry; ``args`` is then ignored. Over marshal, ``args`` may come packed as
         ``marshal.dumps(args)``, which skips Pyro4's per-object pass on big batches.
 
         Returns:
@@ -136,6 +138,8 @@ class Evaluator:
         """
         fn = self._task(task) if code is None else self._resolver.load(_bytes(code))
         over_marshal = Pyro4.current_context.serializer_id == MARSHAL_ID
+        if rows is not None:
+            args = self._load_rows(_bytes(rows))
         if isinstance(args, bytes) or (isinstance(args, dict) and "encoding" in args):  # serpent bytes
             if not over_marshal:
                 raise TypeError("packed args (bytes) are accepted only over the marshal serializer")
@@ -181,6 +185,15 @@ class Evaluator:
             raise KernelError(f"unknown kernel {task!r}; this worker offers {', '.join(KERNELS)} "
                               "or functions by 'module:function' reference")
         return getattr(self, task)  # type: ignore[no-any-return]
+
+    def _load_rows(self, rows: bytes) -> Any:
+        """Argument lists sent pickled: only a worker that accepts code by value accepts them."""
+        if not self._resolver.by_value:
+            raise KernelError("this worker does not accept arguments by value (objects of classes the "
+                              "wire cannot carry); start it with --allow-by-value and an HMAC secret, "
+                              "or send plain data")
+        import cloudpickle  # only workers that opted in need it
+        return cloudpickle.loads(rows)
 
     def _run_inline(self, chunk: Any) -> None:
         """Run a chunk of a pool made in this process here, as part of the task that waits."""

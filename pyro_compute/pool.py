@@ -69,6 +69,7 @@ class Pool(concurrent.futures.Executor):
         self._code: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
         self._calls = itertools.count()
         self._scheduler = Scheduler(self.settings)
+        self._scheduler.by_value = by_value
         self._health = Health(self._scheduler)
         self._health.start()  # fails fast on a wrong or hung name server
         # A pool dropped without shutdown() still stops its threads once its work is done.

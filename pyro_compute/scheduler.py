@@ -22,7 +22,7 @@ from .chunk import Chunk, with_remote_cause
 from .config import Settings
 from .errors import WorkerUnavailableError
 from .links import DOWN, OK, RETIRED, Call, Dispatcher, Link, abort, connect, new_proxy, probe
-from .wire import from_serpent, is_plain, plain_rows
+from .wire import foreign, from_serpent, is_plain, plain_rows
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class Scheduler:
         # False in pools made inside tasks: a call there may wait on its own children for long,
         # so nothing is queued behind it (and duplicated when it overruns).
         self.pipeline = True
+        self.by_value = False  # arguments the wire cannot carry (objects of script classes) go pickled
         self.feeders = 0
         self.shutting_down = False
         self.over = threading.Event()  # shut down and nothing left to run: threads exit
@@ -239,7 +240,12 @@ class Scheduler:
             call.proxy = proxy
             if call.aborted:
                 return None  # health gave up on this worker meanwhile; the chunk is requeued
-            reply = proxy.batch(chunk.task, args, chunk.kwargs, chunk.seeds, chunk.code)
+            if not packed and self.by_value and foreign(chunk.args):
+                import cloudpickle  # only by-value pools need it
+                reply = proxy.batch(chunk.task, [], chunk.kwargs, chunk.seeds, chunk.code,
+                                    cloudpickle.dumps(chunk.args))
+            else:
+                reply = proxy.batch(chunk.task, args, chunk.kwargs, chunk.seeds, chunk.code)
             if "packed" in reply:
                 reply["results"] = marshal.loads(reply["packed"])
             elif "serpent" in reply:

@@ -51,3 +51,33 @@ def test_nested_seeds_derive_from_parent_seed(workers: int) -> None:
     assert Frame(1).calls == 0
     expected = sum(draw(3, s) for s in child_seeds(2026, (), 0, 3))
     assert out.split() == ["seeded", repr(expected)]
+
+
+def test_lambdas_closures_partials_and_script_objects_by_value() -> None:
+    """The launcher's own cluster takes code and script-class objects by value, as SCOOP does."""
+    out = launch(EXAMPLES / "lambdas.py")
+    assert out.split("\n")[0] == ("lambdas [10, 11, 12, 13, 14] [0, 3, 6, 9, 12] [0, 2, 4, 6, 8] "
+                                  "[1, 5, 13, 25, 41]")
+
+
+def test_shared_cluster_keeps_by_value_opt_in(cluster: object, tmp_path: Path) -> None:
+    """With --ns (a shared cluster) a lambda is still refused with a message saying what to do."""
+    script = tmp_path / "lam.py"
+    script.write_text("from pyro_compute import futures\nprint(list(futures.map(lambda x: x, [1])))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYRO")}
+    env.update(cluster.settings.as_env())  # type: ignore[attr-defined]
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run([sys.executable, "-m", "pyro_compute", "--ns", cluster.ns, str(script)],  # type: ignore[attr-defined]
+                          capture_output=True, text=True, timeout=120, env=env, cwd=str(ROOT))
+    assert proc.returncode != 0
+    assert "by_value" in proc.stderr or "by value" in proc.stderr, proc.stderr
+
+
+def test_deap_onemax_with_futures_map_matches_serial() -> None:
+    """DEAP registers futures.map as its map: individuals (a deap.creator class) go by value."""
+    pytest.importorskip("deap")
+    serial = subprocess.run([sys.executable, str(EXAMPLES / "onemax.py"), "--serial"], capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert serial.returncode == 0, serial.stderr
+    assert launch(EXAMPLES / "onemax.py").split() == serial.stdout.split()
+    assert serial.stdout.split()[0] == "onemax" and float(serial.stdout.split()[1]) > 70
