@@ -119,12 +119,13 @@ class Evaluator:
 
     def batch(self, task: str, args: Sequence[Sequence[Any]], kwargs: dict[str, Any] | None = None,
               seeds: Sequence[int] | None = None, code: bytes | None = None,
-              rows: bytes | None = None) -> dict[str, Any]:
+              rows: bytes | None = None, run: str | None = None) -> dict[str, Any]:
         """Run ``task`` once per argument tuple; ``seeds[i]`` (if given) becomes keyword ``seed``.
 
         With ``code`` (a cloudpickled function, only where the worker allows it) that function
         runs instead and ``task`` is just its label. ``rows`` (same condition) are the argument
-        lists cloudpickled, for objects plain data cannot carry; ``args`` is then ignored. Over marshal, ``args`` may come packed as
+        lists cloudpickled, for objects plain data cannot carry; ``args`` is then ignored.
+        ``run`` names the calling pool, whose constants (``set_shared``) its tasks read. Over marshal, ``args`` may come packed as
         ``marshal.dumps(args)``, which skips Pyro4's per-object pass on big batches.
 
         Returns:
@@ -152,7 +153,7 @@ class Evaluator:
             raise TypeError("seeds must be None or a list with one seed per argument list")
         with self._run_lock:
             started = time.perf_counter()
-            results, errors = _run_all(fn, args, kwargs or {}, seeds)
+            results, errors = _run_all(fn, args, kwargs or {}, seeds, _run_name(run))
             seconds = time.perf_counter() - started
         # Kernel methods record their own work; count only what they could not see.
         if ":" in task or code is not None:
@@ -186,6 +187,16 @@ class Evaluator:
                               "or functions by 'module:function' reference")
         return getattr(self, task)  # type: ignore[no-any-return]
 
+    def set_shared(self, run: str, constants: dict[str, Any]) -> None:
+        """Keep constants (``shared.setConst``) for the tasks of pool ``run``; set once, read anywhere.
+
+        Raises:
+            TypeError: run is not a string or constants not a dict with string keys.
+        """
+        if not isinstance(constants, dict) or not all(isinstance(k, str) for k in constants):
+            raise TypeError("constants must be a dict with string keys")
+        taskctx.set_shared(_run_name(run), constants)
+
     def _load_rows(self, rows: bytes) -> Any:
         """Argument lists sent pickled: only a worker that accepts code by value accepts them."""
         if not self._resolver.by_value:
@@ -195,14 +206,14 @@ class Evaluator:
         import cloudpickle  # only workers that opted in need it
         return cloudpickle.loads(rows)
 
-    def _run_inline(self, chunk: Any) -> None:
+    def _run_inline(self, chunk: Any, run: str) -> None:
         """Run a chunk of a pool made in this process here, as part of the task that waits."""
         try:
             fn = self._task(chunk.task) if chunk.code is None else self._resolver.load(_bytes(chunk.code))
         except Exception as e:  # the chunk's failure, reported through its future
             chunk.fail(e)
             return
-        results, errors = _run_all(fn, chunk.args, chunk.kwargs or {}, chunk.seeds)
+        results, errors = _run_all(fn, chunk.args, chunk.kwargs or {}, chunk.seeds, run)
         if ":" in chunk.task or chunk.code is not None:
             self._record(len(chunk.args), 0, 0.0)
         chunk.resolve(results, errors)
@@ -215,12 +226,12 @@ class Evaluator:
 
 
 def _run_all(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any],
-             seeds: Sequence[int] | None) -> tuple[list[Any], list[list[Any]]]:
+             seeds: Sequence[int] | None, run: str = "") -> tuple[list[Any], list[list[Any]]]:
     results: list[Any] = []
     errors: list[list[Any]] = []
     stack = taskctx.frames()
     for i, item in enumerate(args):
-        stack.append(taskctx.Frame(None if seeds is None else int(seeds[i])))
+        stack.append(taskctx.Frame(None if seeds is None else int(seeds[i]), run))
         try:
             if not isinstance(item, (list, tuple)):
                 raise TypeError(f"argument list {i} must be a list or tuple, not {type(item).__name__}")
@@ -234,6 +245,14 @@ def _run_all(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]
         finally:
             stack.pop()
     return results, errors
+
+
+def _run_name(run: Any) -> str:
+    if run is None:
+        return ""
+    if not isinstance(run, str) or len(run) > 64:
+        raise TypeError("run must be a pool's run id (a short string) or None")
+    return run
 
 
 def _worker_settings(given: Any) -> Any:

@@ -21,7 +21,7 @@ __all__ = ["map", "map_as_completed", "mapReduce", "submit", "as_completed", "wa
 
 _lock = threading.Lock()
 _pool: Pool | None = None
-_task_pool: Pool | None = None  # inside a worker: the pool tasks share, on the worker's own cluster
+_task_pools: dict[str, Pool] = {}  # inside a worker: per client run, the pool its tasks share
 
 
 def default_pool() -> Pool:
@@ -30,19 +30,30 @@ def default_pool() -> Pool:
     Raises:
         WorkerUnavailableError: no name server answers at ``PYRO_COMPUTE_NS``.
     """
-    global _pool, _task_pool
+    global _pool
     with _lock:
         if taskctx.host is not None and taskctx.in_task():
-            if _task_pool is None:
-                host = taskctx.host
-                _task_pool = Pool(settings=host.settings(), by_value=host.by_value)
-                _task_pool._scheduler.pipeline = False  # a call may wait on its children for long
-                taskctx.add_scheduler(_task_pool._scheduler)
-            return _task_pool
+            return _pool_in_task(taskctx.host, taskctx.current_run() or "")
         if _pool is None:
             _pool = Pool()
             atexit.register(_pool.shutdown, wait=False)
         return _pool
+
+
+def _pool_in_task(host: taskctx.Host, run: str) -> Pool:
+    """The pool tasks of client run ``run`` share here, on the cluster this worker serves."""
+    pool = _task_pools.get(run)
+    if pool is None:
+        pool = _task_pools[run] = Pool(settings=host.settings(), by_value=host.by_value)
+        sched = pool._scheduler
+        sched.pipeline = False  # a call may wait on its children for long: queue nothing behind it
+        sched.run_id = run  # nested tasks read the client's constants
+        with taskctx._shared_lock:
+            sched.shared = host.shared.setdefault(run, {})
+        sched.shared_version = 1
+        atexit.register(pool.shutdown, wait=False)
+        taskctx.add_scheduler(sched)
+    return pool
 
 
 def set_default_pool(pool: Pool | None) -> None:

@@ -13,7 +13,8 @@ import logging
 import marshal
 import threading
 import time
-from typing import Iterable, cast
+import uuid
+from typing import Any, Iterable, cast
 
 import Pyro4
 import Pyro4.errors
@@ -47,6 +48,9 @@ class Scheduler:
         # False in pools made inside tasks: a call there may wait on its own children for long,
         # so nothing is queued behind it (and duplicated when it overruns).
         self.pipeline = True
+        self.run_id = uuid.uuid4().hex  # names this pool's shared constants on the workers
+        self.shared: dict[str, Any] = {}  # constants set with shared.setConst, pushed once per worker
+        self.shared_version = 0
         self.by_value = False  # arguments the wire cannot carry (objects of script classes) go pickled
         self.feeders = 0
         self.shutting_down = False
@@ -235,6 +239,8 @@ class Scheduler:
                 raise Pyro4.errors.MessageTooLargeError(self.too_large(chunk, "its arguments are"))
             call = d.link.calls[d.slot]
             call.fresh = connect(proxy, self.settings)
+            if self.shared_version and (call.fresh or d.shared_sent < self.shared_version):
+                self.push_shared(d, proxy)
             # No lock: give_up_on sets aborted before it reads proxy, we the reverse, so
             # either we see aborted or it sees our proxy and breaks its connection.
             call.proxy = proxy
@@ -243,9 +249,9 @@ class Scheduler:
             if not packed and self.by_value and foreign(chunk.args):
                 import cloudpickle  # only by-value pools need it
                 reply = proxy.batch(chunk.task, [], chunk.kwargs, chunk.seeds, chunk.code,
-                                    cloudpickle.dumps(chunk.args))
+                                    cloudpickle.dumps(chunk.args), run=self.run_id)
             else:
-                reply = proxy.batch(chunk.task, args, chunk.kwargs, chunk.seeds, chunk.code)
+                reply = proxy.batch(chunk.task, args, chunk.kwargs, chunk.seeds, chunk.code, run=self.run_id)
             if "packed" in reply:
                 reply["results"] = marshal.loads(reply["packed"])
             elif "serpent" in reply:
@@ -260,6 +266,23 @@ class Scheduler:
             self.record(chunk.task, reply["seconds"], len(chunk.args))
             chunk.resolve(reply["results"], reply["errors"])
         return None
+
+    def set_shared(self, constants: dict[str, Any]) -> None:
+        """Add constants for this pool's tasks; every worker gets them before its next chunk."""
+        with self.lock:
+            self.shared.update(constants)
+            self.shared_version += 1
+
+    def push_shared(self, d: Dispatcher, proxy: Pyro4.Proxy) -> None:
+        """Send the pool's constants to ``d``'s worker (with serpent if marshal cannot carry them)."""
+        with self.lock:
+            version, constants = self.shared_version, dict(self.shared)
+        if proxy._pyroSerializer == "marshal" and not is_plain(constants):
+            with new_proxy(d.link.uri, "serpent", self.settings, self.settings.call_timeout) as other:
+                other.set_shared(self.run_id, constants)
+        else:
+            proxy.set_shared(self.run_id, constants)
+        d.shared_sent = version
 
     def too_large(self, chunk: Chunk, what: str) -> str:
         return (f"task {chunk.task}: {what} probably larger than the workers' message size limit "

@@ -26,21 +26,23 @@ class Host:
     name: str
     settings: Callable[[], Any]  # -> Settings of the cluster this worker serves
     run_lock: threading.Lock
-    run_inline: Callable[[Any], None]  # runs a Chunk here and resolves it
+    run_inline: Callable[[Any, str], None]  # runs a Chunk of a run here and resolves it
     by_value: bool
     shared: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
 class Frame:
-    """One running task: its seed (None: unseeded) and how many nested calls it made."""
+    """One running task: its seed (None: unseeded), its pool's run id, nested calls made so far."""
 
     seed: int | None
+    run: str = ""
     calls: int = 0
 
 
 host: Host | None = None
 _local = threading.local()
+_shared_lock = threading.Lock()
 _schedulers: list[Any] = []  # Schedulers of this process's pools whose queued chunks tasks may run
 
 
@@ -74,6 +76,29 @@ def next_seed() -> int | None:
     return int(seq.generate_state(1, np.uint64)[0])
 
 
+def current_run() -> str | None:
+    """The run id of the task this thread runs, or None outside tasks."""
+    stack = frames()
+    return stack[-1].run if stack and host is not None else None
+
+
+def set_shared(run: str, constants: dict[str, Any]) -> None:
+    """Keep constants of pool ``run`` for its tasks in this process."""
+    if host is None:
+        raise RuntimeError("shared constants are kept only in a worker process")
+    with _shared_lock:
+        host.shared.setdefault(run, {}).update(constants)
+
+
+def get_shared(run: str, name: str) -> tuple[bool, Any]:
+    """``(True, value)`` of constant ``name`` of pool ``run`` here, else ``(False, None)``."""
+    if host is None:
+        return False, None
+    with _shared_lock:
+        table = host.shared.get(run, {})
+        return (name in table), table.get(name)
+
+
 def add_scheduler(scheduler: Any) -> None:
     """Let waiting tasks run queued chunks of ``scheduler`` (a pool made inside a worker)."""
     _schedulers.append(scheduler)
@@ -91,9 +116,9 @@ def wait(fs: Iterable[concurrent.futures.Future[Any]], timeout: float | None = N
     while not _satisfied(fs, return_when):
         if deadline is not None and time.monotonic() >= deadline:
             return
-        chunk = _steal(fs)
-        if chunk is not None:
-            host.run_inline(chunk)  # the run lock is ours: run it as part of this task
+        stolen = _steal(fs)
+        if stolen is not None:
+            host.run_inline(*stolen)  # the run lock is ours: run it as part of this task
             continue
         slice_ = POLL if deadline is None else max(0.0, min(POLL, deadline - time.monotonic()))
         host.run_lock.release()  # other calls to this worker run while this task waits
@@ -125,6 +150,6 @@ def _steal(fs: set[concurrent.futures.Future[Any]]) -> Any:
                 if chunk.future in fs and not chunk.future.done():
                     scheduler.pending.remove(chunk)
                     if chunk.future.running() or chunk.future.set_running_or_notify_cancel():
-                        return chunk
+                        return chunk, scheduler.run_id
                     break
     return None

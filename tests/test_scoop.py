@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -81,3 +82,36 @@ def test_deap_onemax_with_futures_map_matches_serial() -> None:
     assert serial.returncode == 0, serial.stderr
     assert launch(EXAMPLES / "onemax.py").split() == serial.stdout.split()
     assert serial.stdout.split()[0] == "onemax" and float(serial.stdout.split()[1]) > 70
+
+
+def test_constants_shared_with_every_worker_including_one_that_joins_later() -> None:
+    """setConst once in the client; tasks on every worker read it, a late worker too."""
+    from pyro_compute import futures, shared
+    from pyro_compute.cluster import LocalCluster
+    from pyro_compute.pool import Pool
+
+    env = {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT), *sys.path])}
+    with LocalCluster(1, allow_modules=["scoop_tasks"], env=env) as c, Pool(cluster=c) as pool:
+        futures.set_default_pool(pool)
+        try:
+            shared.setConst(factor=3)
+            with pytest.raises(TypeError, match="set already"):
+                shared.setConst(factor=4)
+            assert shared.getConst("factor") == 3 and shared.getConst("nothing", timeout=0) is None
+            first = list(futures.map("scoop_tasks:const_times", range(8), ["factor"] * 8))
+            assert [v for _, v in first] == [3 * i for i in range(8)]
+            c.start_worker()
+            deadline = time.monotonic() + 60
+            pids: set[int] = set()
+            while len(pids) < 2 and time.monotonic() < deadline:
+                rows = list(futures.map("scoop_tasks:const_times", range(40), ["factor"] * 40, chunksize=1))
+                assert [v for _, v in rows] == [3 * i for i in range(40)]
+                pids |= {p for p, _ in rows}
+            assert len(pids) == 2, "the worker started later never ran a task"
+        finally:
+            futures.set_default_pool(None)
+
+
+def test_constants_example_through_the_launcher() -> None:
+    out = launch(EXAMPLES / "constants.py").splitlines()
+    assert out == ["refused: True", "constants [10, 17, 24, 31, 38, 45] 82 7 None"]
