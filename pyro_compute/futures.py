@@ -6,6 +6,7 @@ The default pool connects to ``PYRO_COMPUTE_NS`` (or the cluster the launcher
 from __future__ import annotations
 
 import atexit
+import itertools
 import threading
 import time
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Future
@@ -16,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator
 from . import taskctx
 from .pool import Pool
 
-__all__ = ["map", "map_as_completed", "mapReduce", "submit", "as_completed", "wait", "shutdown",
+__all__ = ["map", "map_as_completed", "mapReduce", "mapScan", "submit", "size", "worker", "as_completed", "wait", "shutdown",
            "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION"]
 
 _lock = threading.Lock()
@@ -63,8 +64,17 @@ def set_default_pool(pool: Pool | None) -> None:
         _pool = pool
 
 
-def _seeded(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Inside a seeded task, give a nested call without a seed one derived from the task's."""
+MAP_OPTIONS = ("timeout", "chunksize", "seed", "progress")
+
+
+def _seeded(kwargs: dict[str, Any], what: str = "map") -> dict[str, Any]:
+    """Refuse unknown options; inside a seeded task, derive a seed for a nested call without one."""
+    unknown = sorted(set(kwargs) - set(MAP_OPTIONS)) if what != "submit" else []
+    if unknown:
+        raise TypeError(f"futures.{what} got keyword argument(s) {', '.join(unknown)}, which are not "
+                        f"its options ({', '.join(MAP_OPTIONS)}); SCOOP would pass them to every "
+                        "call of the function, which pyro_compute does not do silently: bind them "
+                        "with functools.partial(func, name=value)")
     if kwargs.get("seed") is None:
         seed = taskctx.next_seed()
         if seed is not None:
@@ -74,18 +84,49 @@ def _seeded(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def map(func: Callable[..., Any] | str, *iterables: Iterable[Any], **kwargs: Any) -> Iterator[Any]:  # noqa: A001
     """Apply ``func`` to the zipped iterables on the workers; results in input order (lazy)."""
-    return default_pool().map(func, *iterables, **_seeded(kwargs))
+    return default_pool().map(func, *iterables, **_seeded(kwargs, "map"))
 
 
 def map_as_completed(func: Callable[..., Any] | str, *iterables: Iterable[Any], **kwargs: Any) -> Iterator[Any]:
     """Like ``map``, yielding each result as soon as it is ready."""
-    return default_pool().map_as_completed(func, *iterables, **_seeded(kwargs))
+    return default_pool().map_as_completed(func, *iterables, **_seeded(kwargs, "map_as_completed"))
 
 
 def mapReduce(mapFunc: Callable[..., Any] | str, reductionOp: Callable[[Any, Any], Any],  # noqa: N802,N803
               *iterables: Iterable[Any], **kwargs: Any) -> Any:
     """Map on the workers and fold the results with ``reductionOp`` as they arrive."""
-    return default_pool().map_reduce(mapFunc, reductionOp, *iterables, **_seeded(kwargs))
+    return default_pool().map_reduce(mapFunc, reductionOp, *iterables, **_seeded(kwargs, "mapReduce"))
+
+
+def mapScan(mapFunc: Callable[..., Any] | str, reductionOp: Callable[[Any, Any], Any],  # noqa: N802,N803
+            *iterables: Iterable[Any], **kwargs: Any) -> list[Any]:
+    """Map on the workers, then the running reduction in input order: ``[r0, op(r0, r1), ...]``.
+
+    Unlike SCOOP's, the prefixes follow the input order, so a non-commutative ``reductionOp``
+    gives the same list as ``itertools.accumulate(map(mapFunc, *iterables), reductionOp)``.
+    """
+    results = default_pool().map(mapFunc, *iterables, **_seeded(kwargs, "mapScan"))
+    return list(itertools.accumulate(results, reductionOp))
+
+
+def size() -> int:
+    """How many workers take work now (SCOOP's ``scoop.SIZE``)."""
+    return len(default_pool().workers)
+
+
+def worker() -> str:
+    """This process's worker name inside a task (SCOOP's ``scoop.worker``); "origin" in the client."""
+    host = taskctx.host
+    return host.name if host is not None and taskctx.in_task() else "origin"
+
+
+def __getattr__(name: str) -> Any:
+    """``futures.SIZE`` and ``futures.IS_ORIGIN``, computed when read, as SCOOP's module constants."""
+    if name == "SIZE":
+        return size()
+    if name == "IS_ORIGIN":
+        return not taskctx.in_task()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def submit(func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> Future[Any]:
@@ -93,7 +134,7 @@ def submit(func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> Future[
 
     Inside a task that got a seed, ``func`` gets keyword ``seed`` derived from it.
     """
-    return default_pool().submit(func, *args, **_seeded(kwargs))
+    return default_pool().submit(func, *args, **_seeded(kwargs, "submit"))
 
 
 def as_completed(fs: Iterable[Future[Any]], timeout: float | None = None) -> Iterator[Future[Any]]:

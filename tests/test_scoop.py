@@ -115,3 +115,12 @@ def test_constants_shared_with_every_worker_including_one_that_joins_later() -> 
 def test_constants_example_through_the_launcher() -> None:
     out = launch(EXAMPLES / "constants.py").splitlines()
     assert out == ["refused: True", "constants [10, 17, 24, 31, 38, 45] 82 7 None"]
+
+
+def test_rest_of_scoop_surface() -> None:
+    """mapScan in input order, SIZE, IS_ORIGIN, worker names, wait(timeout=-1), unknown options."""
+    out = launch(EXAMPLES / "surface.py").splitlines()
+    assert out[0] == "mapScan 01234567891011 True"
+    assert out[1] == "size 2 True origin"
+    assert out[2] in ("workers 1 True", "workers 2 True")  # both usually; one is legal on a slow box
+    assert out[3:] == ["wait 5 0 [0, 1, 4, 9, 16]", "refused True"]
