@@ -136,13 +136,13 @@ def main(argv: list[str] | None = None) -> int:
 def _pool(args: argparse.Namespace, script: str | None = None) -> Iterator[Pool]:
     """A pool on the named cluster, or on an embedded local cluster started for this run."""
     if args.ns or (args.workers is None and os.environ.get("PYRO_COMPUTE_NS")):
-        with Pool(args.ns) as pool:
+        with Pool(args.ns, show_output=script is not None) as pool:
             yield pool
         return
     # The launcher's own cluster: per-run secret, loopback, every process the user's: lambdas,
     # closures and partials travel by value. A shared cluster (--ns) keeps that opt-in.
     with LocalCluster(args.workers, script=script, by_value=True) as cluster, \
-            Pool(cluster=cluster, by_value=True) as pool:
+            Pool(cluster=cluster, by_value=True, show_output=script is not None) as pool:
         yield pool
 
 

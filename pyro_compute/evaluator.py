@@ -119,13 +119,14 @@ class Evaluator:
 
     def batch(self, task: str, args: Sequence[Sequence[Any]], kwargs: dict[str, Any] | None = None,
               seeds: Sequence[int] | None = None, code: bytes | None = None,
-              rows: bytes | None = None, run: str | None = None) -> dict[str, Any]:
+              rows: bytes | None = None, run: str | None = None, output: bool = False) -> dict[str, Any]:
         """Run ``task`` once per argument tuple; ``seeds[i]`` (if given) becomes keyword ``seed``.
 
         With ``code`` (a cloudpickled function, only where the worker allows it) that function
         runs instead and ``task`` is just its label. ``rows`` (same condition) are the argument
         lists cloudpickled, for objects plain data cannot carry; ``args`` is then ignored.
-        ``run`` names the calling pool, whose constants (``set_shared``) its tasks read. Over marshal, ``args`` may come packed as
+        ``run`` names the calling pool, whose constants (``set_shared``) its tasks read. With
+        ``output``, what the tasks print comes back as ``[[stream, text], ...]`` under "output". Over marshal, ``args`` may come packed as
         ``marshal.dumps(args)``, which skips Pyro4's per-object pass on big batches.
 
         Returns:
@@ -151,7 +152,7 @@ class Evaluator:
             raise TypeError("kwargs must be a dict with string keys or None")
         if seeds is not None and (not isinstance(seeds, (list, tuple)) or len(seeds) != len(args)):
             raise TypeError("seeds must be None or a list with one seed per argument list")
-        with self._run_lock:
+        with self._run_lock, taskctx.capture(output is True) as printed:
             started = time.perf_counter()
             results, errors = _run_all(fn, args, kwargs or {}, seeds, _run_name(run))
             seconds = time.perf_counter() - started
@@ -159,6 +160,8 @@ class Evaluator:
         if ":" in task or code is not None:
             self._record(len(args), 0, seconds)
         reply = _reply(results, errors, seconds, over_marshal)
+        if printed:  # what the tasks printed, for the caller's terminal
+            reply["output"] = printed
         with self._lock:
             self._errors += len(errors)
         return reply

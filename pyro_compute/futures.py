@@ -36,7 +36,7 @@ def default_pool() -> Pool:
         if taskctx.host is not None and taskctx.in_task():
             return _pool_in_task(taskctx.host, taskctx.current_run() or "")
         if _pool is None:
-            _pool = Pool()
+            _pool = Pool(show_output=True)
             atexit.register(_pool.shutdown, wait=False)
         return _pool
 

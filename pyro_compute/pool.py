@@ -52,6 +52,8 @@ class Pool(concurrent.futures.Executor):
         seed: pool-level seed; each map call then draws its own child seeds from it.
         by_value: send lambdas, nested functions and functions defined in ``__main__`` (a notebook)
             by value with cloudpickle; workers must run with ``--allow-by-value`` and a secret.
+        show_output: print here what tasks print (stdout, stderr, logging), each line prefixed
+            by its worker, as SCOOP does; the launcher and ``futures`` turn it on.
 
     Raises:
         WorkerUnavailableError: the name server cannot be reached or does not answer within
@@ -59,7 +61,7 @@ class Pool(concurrent.futures.Executor):
     """
 
     def __init__(self, ns: str | None = None, *, cluster: Any = None, settings: Settings | None = None,
-                 seed: int | None = None, by_value: bool = False) -> None:
+                 seed: int | None = None, by_value: bool = False, show_output: bool = False) -> None:
         base = settings or (cluster.settings if cluster is not None else Settings.from_env())
         self.settings = dataclasses.replace(base, ns=ns or base.ns)
         register_wire()
@@ -70,6 +72,7 @@ class Pool(concurrent.futures.Executor):
         self._calls = itertools.count()
         self._scheduler = Scheduler(self.settings)
         self._scheduler.by_value = by_value
+        self._scheduler.show_output = show_output
         self._health = Health(self._scheduler)
         self._health.start()  # fails fast on a wrong or hung name server
         # A pool dropped without shutdown() still stops its threads once its work is done.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import logging
 import marshal
+import sys
 import threading
 import time
 import uuid
@@ -20,7 +21,7 @@ import Pyro4
 import Pyro4.errors
 
 from .chunk import Chunk, with_remote_cause
-from .config import Settings
+from .config import NAME_PREFIX, Settings
 from .errors import WorkerUnavailableError
 from .links import DOWN, OK, RETIRED, Call, Dispatcher, Link, abort, connect, new_proxy, probe
 from .wire import foreign, from_serpent, is_plain, plain_rows
@@ -51,6 +52,7 @@ class Scheduler:
         self.run_id = uuid.uuid4().hex  # names this pool's shared constants on the workers
         self.shared: dict[str, Any] = {}  # constants set with shared.setConst, pushed once per worker
         self.shared_version = 0
+        self.show_output = False  # ask workers for what tasks print, and print it here
         self.by_value = False  # arguments the wire cannot carry (objects of script classes) go pickled
         self.feeders = 0
         self.shutting_down = False
@@ -249,9 +251,9 @@ class Scheduler:
             if not packed and self.by_value and foreign(chunk.args):
                 import cloudpickle  # only by-value pools need it
                 reply = proxy.batch(chunk.task, [], chunk.kwargs, chunk.seeds, chunk.code,
-                                    cloudpickle.dumps(chunk.args), run=self.run_id)
+                                    cloudpickle.dumps(chunk.args), **self.options())
             else:
-                reply = proxy.batch(chunk.task, args, chunk.kwargs, chunk.seeds, chunk.code, run=self.run_id)
+                reply = proxy.batch(chunk.task, args, chunk.kwargs, chunk.seeds, chunk.code, **self.options())
             if "packed" in reply:
                 reply["results"] = marshal.loads(reply["packed"])
             elif "serpent" in reply:
@@ -263,9 +265,15 @@ class Scheduler:
         except Exception as e:  # the Evaluator rejected the whole call: the caller's error
             chunk.fail(with_remote_cause(e))
         else:
+            if "output" in reply:
+                show_output(d.link.name, reply["output"])
             self.record(chunk.task, reply["seconds"], len(chunk.args))
             chunk.resolve(reply["results"], reply["errors"])
         return None
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments of ``Evaluator.batch`` beyond the chunk: run id, output wanted."""
+        return {"run": self.run_id, "output": True} if self.show_output else {"run": self.run_id}
 
     def set_shared(self, constants: dict[str, Any]) -> None:
         """Add constants for this pool's tasks; every worker gets them before its next chunk."""
@@ -383,3 +391,20 @@ class Scheduler:
                 for d in link.dispatchers:
                     if d.thread is not None and d.thread is not threading.current_thread():
                         d.thread.join(timeout=5)
+
+
+def show_output(worker: str, output: Any) -> None:
+    """Print what a batch's tasks printed, each line prefixed by the worker that ran them."""
+    if not isinstance(output, list):
+        return
+    prefix = "[" + worker.removeprefix(NAME_PREFIX) + "] "
+    pending = {"stdout": "", "stderr": ""}
+    for entry in output:
+        if isinstance(entry, list) and len(entry) == 2 and entry[0] in pending and isinstance(entry[1], str):
+            pending[entry[0]] += entry[1]
+    for label, text in pending.items():
+        if text:
+            stream = sys.stdout if label == "stdout" else sys.stderr
+            lines = text.splitlines()
+            stream.write("".join(f"{prefix}{line}\n" for line in lines))
+            stream.flush()

@@ -9,13 +9,19 @@ No numba, no Pyro4: clients import this module too.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
+import io
+import logging
+import os
+import sys
 import threading
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+MAX_OUTPUT = 1 << 20  # characters of output one batch sends back; the rest is dropped
 POLL = 0.02  # seconds a waiting task sleeps with its worker released before looking for work again
 
 
@@ -43,6 +49,7 @@ class Frame:
 host: Host | None = None
 _local = threading.local()
 _shared_lock = threading.Lock()
+_streams_installed = False
 _schedulers: list[Any] = []  # Schedulers of this process's pools whose queued chunks tasks may run
 
 
@@ -153,3 +160,61 @@ def _steal(fs: set[concurrent.futures.Future[Any]]) -> Any:
                         return chunk, scheduler.run_id
                     break
     return None
+
+
+class _Stream(io.TextIOBase):
+    """sys.stdout/sys.stderr of a worker: text written by a task thread goes to its batch's output."""
+
+    def __init__(self, label: str, original: Any) -> None:
+        self.label, self.original = label, original
+
+    def write(self, text: str) -> int:
+        """Keep ``text`` for the client if a task of this thread writes it, else pass it on."""
+        out: list[list[str]] | None = getattr(_local, "output", None)
+        if out is None:
+            return int(self.original.write(text))
+        if sum(len(t) for _, t in out) < MAX_OUTPUT:
+            out.append([self.label, text])
+        return len(text)
+
+    def flush(self) -> None:
+        """Flush the stream underneath."""
+        self.original.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return str(getattr(self.original, "encoding", "utf-8"))
+
+
+def _install_streams() -> None:
+    """Route task output through ``_Stream`` in this worker process (once); logging too."""
+    global _streams_installed
+    with _shared_lock:
+        if _streams_installed:
+            return
+        _streams_installed = True
+        old_err = sys.stderr
+        sys.stdout = _Stream("stdout", sys.stdout)
+        sys.stderr = err = _Stream("stderr", old_err)
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is old_err:
+                handler.setStream(err)
+
+
+@contextlib.contextmanager
+def capture(enabled: bool) -> Iterator[list[list[str]]]:
+    """Collect what this thread's tasks print (``[stream, text]`` pairs) while the block runs."""
+    out: list[list[str]] = []
+    if not enabled or getattr(_local, "output", None) is not None:  # nested: the outer batch keeps it
+        yield out
+        return
+    _install_streams()
+    _local.output = out
+    try:
+        yield out
+    finally:
+        _local.output = None
+

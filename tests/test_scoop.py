@@ -124,3 +124,21 @@ def test_rest_of_scoop_surface() -> None:
     assert out[1] == "size 2 True origin"
     assert out[2] in ("workers 1 True", "workers 2 True")  # both usually; one is legal on a slow box
     assert out[3:] == ["wait 5 0 [0, 1, 4, 9, 16]", "refused True"]
+
+
+def test_task_output_reaches_the_client_prefixed_by_worker() -> None:
+    """print to stdout/stderr and logging in a task show on the client's streams, per worker."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYRO")}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run([sys.executable, "-m", "pyro_compute", "-n", "2", str(EXAMPLES / "output.py")],
+                          capture_output=True, text=True, timeout=240, env=env, cwd=str(ROOT))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.splitlines()
+    assert out[-1] == "results [1, 2, 3, 4]"
+    said = sorted(line.split("] ", 1)[1] for line in out[:-1])
+    assert said == [f"task {i} says hello" for i in range(4)]
+    assert all(line.startswith("[local.") for line in out[:-1])
+    err = proc.stderr.splitlines()
+    for i in range(4):
+        assert any(line.startswith("[local.") and line.endswith(f"task {i} warns") for line in err)
+        assert any(line.startswith("[local.") and line.endswith(f"task {i} logged") for line in err)
