@@ -140,9 +140,11 @@ def _pool(args: argparse.Namespace, script: str | None = None) -> Iterator[Pool]
             yield pool
         return
     # The launcher's own cluster: per-run secret, loopback, every process the user's: lambdas,
-    # closures and partials travel by value. A shared cluster (--ns) keeps that opt-in.
+    # closures, partials and objects of script classes (arguments and results) travel by value.
+    # A shared cluster (--ns) keeps that opt-in.
     with LocalCluster(args.workers, script=script, by_value=True) as cluster, \
-            Pool(cluster=cluster, by_value=True, show_output=script is not None) as pool:
+            Pool(cluster=cluster, by_value=True, show_output=script is not None,
+                 pickle_results=True) as pool:
         yield pool
 
 

@@ -20,7 +20,7 @@ from . import kernels, taskctx
 from .errors import KernelError
 from .references import Resolver
 from .replies import error_entry, fail_unsendable, marshal_plain, short_repr
-from .wire import to_serpent
+from .wire import foreign, to_serpent
 
 MAX_SAMPLES = 1 << 40
 MAX_DIMS = 64
@@ -119,14 +119,17 @@ class Evaluator:
 
     def batch(self, task: str, args: Sequence[Sequence[Any]], kwargs: dict[str, Any] | None = None,
               seeds: Sequence[int] | None = None, code: bytes | None = None,
-              rows: bytes | None = None, run: str | None = None, output: bool = False) -> dict[str, Any]:
+              rows: bytes | None = None, run: str | None = None, output: bool = False,
+              pickle_results: bool = False) -> dict[str, Any]:
         """Run ``task`` once per argument tuple; ``seeds[i]`` (if given) becomes keyword ``seed``.
 
         With ``code`` (a cloudpickled function, only where the worker allows it) that function
         runs instead and ``task`` is just its label. ``rows`` (same condition) are the argument
         lists cloudpickled, for objects plain data cannot carry; ``args`` is then ignored.
         ``run`` names the calling pool, whose constants (``set_shared``) its tasks read. With
-        ``output``, what the tasks print comes back as ``[[stream, text], ...]`` under "output". Over marshal, ``args`` may come packed as
+        ``output``, what the tasks print comes back as ``[[stream, text], ...]`` under "output".
+        With ``pickle_results`` (honoured only where by-value code is allowed), results the wire
+        cannot carry (objects of script classes) come back cloudpickled under "pickled". Over marshal, ``args`` may come packed as
         ``marshal.dumps(args)``, which skips Pyro4's per-object pass on big batches.
 
         Returns:
@@ -159,7 +162,11 @@ class Evaluator:
         # Kernel methods record their own work; count only what they could not see.
         if ":" in task or code is not None:
             self._record(len(args), 0, seconds)
-        reply = _reply(results, errors, seconds, over_marshal)
+        if pickle_results is True and self._resolver.by_value and foreign(results):
+            import cloudpickle  # only workers that opted in need it
+            reply = {"pickled": cloudpickle.dumps(results), "errors": errors, "seconds": seconds}
+        else:
+            reply = _reply(results, errors, seconds, over_marshal)
         if printed:  # what the tasks printed, for the caller's terminal
             reply["output"] = printed
         with self._lock:

@@ -54,6 +54,9 @@ class Pool(concurrent.futures.Executor):
             by value with cloudpickle; workers must run with ``--allow-by-value`` and a secret.
         show_output: print here what tasks print (stdout, stderr, logging), each line prefixed
             by its worker, as SCOOP does; the launcher and ``futures`` turn it on.
+        pickle_results: accept results plain data cannot carry (objects of script classes)
+            cloudpickled, and decode them here: only for a cluster whose every process is yours
+            (the launcher's embedded one); workers need ``--allow-by-value``.
 
     Raises:
         WorkerUnavailableError: the name server cannot be reached or does not answer within
@@ -61,7 +64,8 @@ class Pool(concurrent.futures.Executor):
     """
 
     def __init__(self, ns: str | None = None, *, cluster: Any = None, settings: Settings | None = None,
-                 seed: int | None = None, by_value: bool = False, show_output: bool = False) -> None:
+                 seed: int | None = None, by_value: bool = False, show_output: bool = False,
+                 pickle_results: bool = False) -> None:
         base = settings or (cluster.settings if cluster is not None else Settings.from_env())
         self.settings = dataclasses.replace(base, ns=ns or base.ns)
         register_wire()
@@ -73,6 +77,7 @@ class Pool(concurrent.futures.Executor):
         self._scheduler = Scheduler(self.settings)
         self._scheduler.by_value = by_value
         self._scheduler.show_output = show_output
+        self._scheduler.pickle_results = pickle_results
         self._health = Health(self._scheduler)
         self._health.start()  # fails fast on a wrong or hung name server
         # A pool dropped without shutdown() still stops its threads once its work is done.

@@ -19,6 +19,7 @@ from typing import Any, Iterable, cast
 
 import Pyro4
 import Pyro4.errors
+import serpent
 
 from .chunk import Chunk, with_remote_cause
 from .config import NAME_PREFIX, Settings
@@ -53,6 +54,9 @@ class Scheduler:
         self.shared: dict[str, Any] = {}  # constants set with shared.setConst, pushed once per worker
         self.shared_version = 0
         self.show_output = False  # ask workers for what tasks print, and print it here
+        # Only on the launcher's own cluster (per-run secret, loopback, the user's processes):
+        # results the wire cannot carry come back pickled instead of failing their tasks.
+        self.pickle_results = False
         self.by_value = False  # arguments the wire cannot carry (objects of script classes) go pickled
         self.feeders = 0
         self.shutting_down = False
@@ -258,6 +262,8 @@ class Scheduler:
                 reply["results"] = marshal.loads(reply["packed"])
             elif "serpent" in reply:
                 reply["results"] = from_serpent(reply["serpent"])
+            elif "pickled" in reply:
+                reply["results"] = self.unpickle_results(reply["pickled"])
         except (Pyro4.errors.SerializeError, Pyro4.errors.MessageTooLargeError) as e:
             chunk.fail(e)
         except Pyro4.errors.CommunicationError as e:
@@ -272,8 +278,25 @@ class Scheduler:
         return None
 
     def options(self) -> dict[str, Any]:
-        """Keyword arguments of ``Evaluator.batch`` beyond the chunk: run id, output wanted."""
-        return {"run": self.run_id, "output": True} if self.show_output else {"run": self.run_id}
+        """Keyword arguments of ``Evaluator.batch`` beyond the chunk: run id, output, pickled results."""
+        options: dict[str, Any] = {"run": self.run_id}
+        if self.show_output:
+            options["output"] = True
+        if self.pickle_results:
+            options["pickle_results"] = True
+        return options
+
+    def unpickle_results(self, data: Any) -> Any:
+        """Results sent pickled: decoded only by a pool that asked for them (its own cluster).
+
+        Raises:
+            SerializeError: this pool did not ask for pickled results.
+        """
+        if not self.pickle_results:
+            raise Pyro4.errors.SerializeError("a worker sent pickled results this pool did not ask for; "
+                                              "they were not decoded")
+        import cloudpickle  # only pools on their own cluster ask for them
+        return cloudpickle.loads(serpent.tobytes(data) if isinstance(data, dict) else data)
 
     def set_shared(self, constants: dict[str, Any]) -> None:
         """Add constants for this pool's tasks; every worker gets them before its next chunk."""

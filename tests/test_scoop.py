@@ -57,8 +57,8 @@ def test_nested_seeds_derive_from_parent_seed(workers: int) -> None:
 def test_lambdas_closures_partials_and_script_objects_by_value() -> None:
     """The launcher's own cluster takes code and script-class objects by value, as SCOOP does."""
     out = launch(EXAMPLES / "lambdas.py")
-    assert out.split("\n")[0] == ("lambdas [10, 11, 12, 13, 14] [0, 3, 6, 9, 12] [0, 2, 4, 6, 8] "
-                                  "[1, 5, 13, 25, 41]")
+    assert out.splitlines() == ["lambdas [10, 11, 12, 13, 14] [0, 3, 6, 9, 12] [0, 2, 4, 6, 8] "
+                                "[1, 5, 13, 25, 41]", "objects Point [(1, 0), (2, -1), (3, -2)]"]
 
 
 def test_shared_cluster_keeps_by_value_opt_in(cluster: object, tmp_path: Path) -> None:

@@ -25,13 +25,20 @@ def norm2(p):
     return p.norm2()
 
 
+def moved(p):
+    """Returns an object of a script class: it comes back by value too."""
+    return Point(p.x + 1, p.y)
+
+
 def main():
     offset = 10
     shifted = list(futures.map(lambda x: x + offset, range(5)))          # closure over a local
     scaled = list(futures.map(functools.partial(scale, 3), range(5)))    # partial, by reference
     lam = list(futures.map(functools.partial(lambda a, b: a * b, 2), range(5)))  # partial of a lambda
     norms = list(futures.map(norm2, [Point(i, i + 1) for i in range(5)]))
+    back = [(p.x, p.y) for p in futures.map(moved, [Point(i, -i) for i in range(3)])]
     print("lambdas", shifted, scaled, lam, norms)
+    print("objects", type(next(futures.map(moved, [Point(0, 0)]))).__name__, back)
 
 
 if __name__ == "__main__":
