@@ -8,7 +8,24 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from . import taskctx
 from .errors import RemoteError, RemoteTraceback
+
+
+class TaskFuture(concurrent.futures.Future[Any]):
+    """A Future whose waits, inside a task on a worker, lend that worker to other tasks."""
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The result (``concurrent.futures.Future.result``); see the class docstring."""
+        if not self.done() and taskctx.in_task():
+            taskctx.wait([self], timeout)
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The exception (``concurrent.futures.Future.exception``); see the class docstring."""
+        if not self.done() and taskctx.in_task():
+            taskctx.wait([self], timeout)
+        return super().exception(timeout)
 
 
 class Chunk:
@@ -20,7 +37,7 @@ class Chunk:
     def __init__(self, task: tuple[str, bytes | None], args: list[tuple[Any, ...]],
                  kwargs: dict[str, Any] | None, seeds: list[int] | None, single: bool) -> None:
         (self.task, self.code), self.args, self.kwargs, self.seeds = task, args, kwargs, seeds
-        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.future: concurrent.futures.Future[Any] = TaskFuture()
         self.single = single
         self.tried: list[str] = []  # workers lost while running it
         self.hangups = 0  # times a worker that still answers closed the connection on it

@@ -180,10 +180,14 @@ def _pool(args: argparse.Namespace, script: str | None = None) -> Iterator[Pool]
         with connect_ns(settings):  # fails in one sentence: wrong secret, nothing there, no answer
             pass
         by_value = script is not None and _by_value_wanted(settings, script)
-        with Pool(args.ns, by_value=by_value) as pool:
+        with Pool(args.ns, by_value=by_value, show_output=script is not None) as pool:
             yield pool
         return
-    with LocalCluster(args.workers, script=script) as cluster, Pool(cluster=cluster) as pool:
+    # The launcher's own cluster: per-run secret, loopback, every process the user's: lambdas,
+    # closures, partials and objects of script classes (as arguments) travel by value. Results
+    # stay plain data: a client never decodes pickle from the wire. --ns keeps by-value opt-in.
+    with LocalCluster(args.workers, script=script, by_value=True) as cluster, \
+            Pool(cluster=cluster, by_value=True, show_output=script is not None) as pool:
         yield pool
 
 

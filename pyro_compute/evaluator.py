@@ -1,10 +1,12 @@
 """The remote object a worker hosts: validate arguments, run kernels and tasks, return plain data."""
 from __future__ import annotations
 
+import functools
 import marshal
 import os
 import platform
 import socket
+import sys
 import threading
 import time
 from typing import Any, Callable, Sequence
@@ -14,7 +16,7 @@ import numpy as np
 import Pyro4
 import serpent
 
-from . import kernels
+from . import kernels, taskctx
 from .activity import Activity
 from .errors import KernelError
 from .references import Resolver
@@ -64,7 +66,7 @@ class Evaluator:
     """Runs Monte Carlo kernels and allowed functions for remote callers; never dies of bad input."""
 
     def __init__(self, resolver: Resolver | None = None, name: str = "",
-                 run_lock: threading.Lock | None = None) -> None:
+                 run_lock: threading.Lock | None = None, settings: Any = None) -> None:
         self.name = name
         self._resolver = resolver or Resolver()
         self._lock = threading.Lock()
@@ -75,6 +77,9 @@ class Evaluator:
         self._tasks = self._samples = self._errors = 0
         self._busy = 0.0
         self._activity = Activity()
+        # Tasks on this worker reach its cluster through futures without configuration.
+        taskctx.install(taskctx.Host(name or f"pid{os.getpid()}", functools.partial(_worker_settings, settings),
+                                     self._run_lock, self._run_inline, self._resolver.by_value))
 
     def pi_hits(self, samples: int, seed: int = 0) -> int:
         """Count hits of ``samples`` random points inside the quarter circle.
@@ -117,12 +122,17 @@ class Evaluator:
         return {"n": int(count), "sum": float(total), "sumsq": float(total_sq)}
 
     def batch(self, task: str, args: Sequence[Sequence[Any]], kwargs: dict[str, Any] | None = None,
-              seeds: Sequence[int] | None = None, code: bytes | None = None) -> dict[str, Any]:
+              seeds: Sequence[int] | None = None, code: bytes | None = None,
+              rows: bytes | None = None, run: str | None = None, output: bool = False) -> dict[str, Any]:
         """Run ``task`` once per argument tuple; ``seeds[i]`` (if given) becomes keyword ``seed``.
 
         With ``code`` (a cloudpickled function, only where the worker allows it) that function
-        runs instead and ``task`` is just its label. Over marshal, ``args`` may come packed as
-        ``marshal.dumps(args)``, which skips Pyro4's per-object pass on big batches.
+        runs instead and ``task`` is just its label. ``rows`` (same condition) are the argument
+        lists cloudpickled, for objects plain data cannot carry; ``args`` is then ignored.
+        ``run`` names the calling pool, whose constants (``set_shared``) its tasks read. With
+        ``output``, what the tasks print comes back as ``[[stream, text], ...]`` under "output".
+        Results are always plain data or numpy (a client never decodes pickle). Over marshal,
+        ``args`` may come packed as ``marshal.dumps(args)``, which skips Pyro4's per-object pass on big batches.
 
         Returns:
             ``{"results": [...], "errors": [[index, module, type, args, traceback], ...],
@@ -135,6 +145,8 @@ class Evaluator:
         """
         fn = self._task(task) if code is None else self._resolver.load(_bytes(code))
         over_marshal = Pyro4.current_context.serializer_id == MARSHAL_ID
+        if rows is not None:
+            args = self._load_rows(_bytes(rows))
         if isinstance(args, bytes) or (isinstance(args, dict) and "encoding" in args):  # serpent bytes
             if not over_marshal:
                 raise TypeError("packed args (bytes) are accepted only over the marshal serializer")
@@ -145,14 +157,17 @@ class Evaluator:
             raise TypeError("kwargs must be a dict with string keys or None")
         if seeds is not None and (not isinstance(seeds, (list, tuple)) or len(seeds) != len(args)):
             raise TypeError("seeds must be None or a list with one seed per argument list")
-        with self._activity.waiting(len(args)), self._run_lock, self._activity.busy():
+        with self._activity.waiting(len(args)), self._run_lock, self._activity.busy(), \
+                taskctx.capture(output is True) as printed:
             started = time.perf_counter()
-            results, errors = _run_all(fn, args, kwargs or {}, seeds)
+            results, errors = _run_all(fn, args, kwargs or {}, seeds, _run_name(run))
             seconds = time.perf_counter() - started
         # Kernel methods record their own work; count only what they could not see.
         if ":" in task or code is not None:
             self._record(len(args), 0, seconds)
         reply = _reply(results, errors, seconds, over_marshal)
+        if printed:  # what the tasks printed, for the caller's terminal
+            reply["output"] = printed
         with self._lock:
             self._errors += len(errors)
         return reply
@@ -188,6 +203,37 @@ class Evaluator:
                               "or functions by 'module:function' reference")
         return getattr(self, task)  # type: ignore[no-any-return]
 
+    def set_shared(self, run: str, constants: dict[str, Any]) -> None:
+        """Keep constants (``shared.setConst``) for the tasks of pool ``run``; set once, read anywhere.
+
+        Raises:
+            TypeError: run is not a string or constants not a dict with string keys.
+        """
+        if not isinstance(constants, dict) or not all(isinstance(k, str) for k in constants):
+            raise TypeError("constants must be a dict with string keys")
+        taskctx.set_shared(_run_name(run), constants)
+
+    def _load_rows(self, rows: bytes) -> Any:
+        """Argument lists sent pickled: only a worker that accepts code by value accepts them."""
+        if not self._resolver.by_value:
+            raise KernelError("this worker does not accept arguments by value (objects of classes the "
+                              "wire cannot carry); start it with --allow-by-value and an HMAC secret, "
+                              "or send plain data")
+        import cloudpickle  # only workers that opted in need it
+        return cloudpickle.loads(rows)
+
+    def _run_inline(self, chunk: Any, run: str) -> None:
+        """Run a chunk of a pool made in this process here, as part of the task that waits."""
+        try:
+            fn = self._task(chunk.task) if chunk.code is None else self._resolver.load(_bytes(chunk.code))
+        except Exception as e:  # the chunk's failure, reported through its future
+            chunk.fail(e)
+            return
+        results, errors = _run_all(fn, chunk.args, chunk.kwargs or {}, chunk.seeds, run)
+        if ":" in chunk.task or chunk.code is not None:
+            self._record(len(chunk.args), 0, 0.0)
+        chunk.resolve(results, errors)
+
     def _record(self, tasks: int, samples: int, busy: float) -> None:
         with self._lock:
             self._tasks += tasks
@@ -196,10 +242,12 @@ class Evaluator:
 
 
 def _run_all(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any],
-             seeds: Sequence[int] | None) -> tuple[list[Any], list[list[Any]]]:
+             seeds: Sequence[int] | None, run: str = "") -> tuple[list[Any], list[list[Any]]]:
     results: list[Any] = []
     errors: list[list[Any]] = []
+    stack = taskctx.frames()
     for i, item in enumerate(args):
+        stack.append(taskctx.Frame(None if seeds is None else int(seeds[i]), run))
         try:
             if not isinstance(item, (list, tuple)):
                 raise TypeError(f"argument list {i} must be a list or tuple, not {type(item).__name__}")
@@ -210,7 +258,27 @@ def _run_all(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]
         except Exception as e:  # a task's failure belongs to that task, never to the worker
             results.append(None)
             errors.append(error_entry(i, e))
+        finally:
+            stack.pop()
     return results, errors
+
+
+def _run_name(run: Any) -> str:
+    if run is None:
+        return ""
+    if not isinstance(run, str) or len(run) > 64:
+        raise TypeError("run must be a pool's run id (a short string) or None")
+    return run
+
+
+def _worker_settings(given: Any) -> Any:
+    """The settings of the cluster this worker serves: given, or read like compute-worker does."""
+    if given is not None:
+        return given
+    from .config import Settings
+    from .worker import build_parser  # here: worker imports this module
+    args, _ = build_parser().parse_known_args(sys.argv[1:])
+    return Settings.from_env(ns=args.ns, host=args.host, hmac_key_file=args.hmac_key_file)
 
 
 def _reply(results: list[Any], errors: list[list[Any]], seconds: float, over_marshal: bool) -> dict[str, Any]:

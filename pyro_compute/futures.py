@@ -6,19 +6,23 @@ The default pool connects to ``PYRO_COMPUTE_NS`` (or the cluster the launcher
 from __future__ import annotations
 
 import atexit
+import itertools
 import threading
+import time
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Future
 from concurrent.futures import as_completed as _as_completed
 from concurrent.futures import wait as _wait
 from typing import Any, Callable, Iterable, Iterator
 
+from . import taskctx
 from .pool import Pool
 
-__all__ = ["map", "map_as_completed", "mapReduce", "submit", "as_completed", "wait", "shutdown",
+__all__ = ["map", "map_as_completed", "mapReduce", "mapScan", "submit", "size", "worker", "as_completed", "wait", "shutdown",
            "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION"]
 
 _lock = threading.Lock()
 _pool: Pool | None = None
+_task_pools: dict[str, Pool] = {}  # inside a worker: per client run, the pool its tasks share
 
 
 def default_pool() -> Pool:
@@ -29,10 +33,28 @@ def default_pool() -> Pool:
     """
     global _pool
     with _lock:
+        if taskctx.host is not None and taskctx.in_task():
+            return _pool_in_task(taskctx.host, taskctx.current_run() or "")
         if _pool is None:
-            _pool = Pool()
+            _pool = Pool(show_output=True)
             atexit.register(_pool.shutdown, wait=False)
         return _pool
+
+
+def _pool_in_task(host: taskctx.Host, run: str) -> Pool:
+    """The pool tasks of client run ``run`` share here, on the cluster this worker serves."""
+    pool = _task_pools.get(run)
+    if pool is None:
+        pool = _task_pools[run] = Pool(settings=host.settings(), by_value=host.by_value)
+        sched = pool._scheduler
+        sched.pipeline = False  # a call may wait on its children for long: queue nothing behind it
+        sched.run_id = run  # nested tasks read the client's constants
+        with taskctx._shared_lock:
+            sched.shared = host.shared.setdefault(run, {})
+        sched.shared_version = 1
+        atexit.register(pool.shutdown, wait=False)
+        taskctx.add_scheduler(sched)
+    return pool
 
 
 def set_default_pool(pool: Pool | None) -> None:
@@ -42,36 +64,110 @@ def set_default_pool(pool: Pool | None) -> None:
         _pool = pool
 
 
+MAP_OPTIONS = ("timeout", "chunksize", "seed", "progress")
+
+
+def _seeded(kwargs: dict[str, Any], what: str = "map") -> dict[str, Any]:
+    """Refuse unknown options; inside a seeded task, derive a seed for a nested call without one."""
+    unknown = sorted(set(kwargs) - set(MAP_OPTIONS)) if what != "submit" else []
+    if unknown:
+        raise TypeError(f"futures.{what} got keyword argument(s) {', '.join(unknown)}, which are not "
+                        f"its options ({', '.join(MAP_OPTIONS)}); SCOOP would pass them to every "
+                        "call of the function, which pyro_compute does not do silently: bind them "
+                        "with functools.partial(func, name=value)")
+    if kwargs.get("seed") is None:
+        seed = taskctx.next_seed()
+        if seed is not None:
+            kwargs["seed"] = seed
+    return kwargs
+
+
 def map(func: Callable[..., Any] | str, *iterables: Iterable[Any], **kwargs: Any) -> Iterator[Any]:  # noqa: A001
     """Apply ``func`` to the zipped iterables on the workers; results in input order (lazy)."""
-    return default_pool().map(func, *iterables, **kwargs)
+    return default_pool().map(func, *iterables, **_seeded(kwargs, "map"))
 
 
 def map_as_completed(func: Callable[..., Any] | str, *iterables: Iterable[Any], **kwargs: Any) -> Iterator[Any]:
     """Like ``map``, yielding each result as soon as it is ready."""
-    return default_pool().map_as_completed(func, *iterables, **kwargs)
+    return default_pool().map_as_completed(func, *iterables, **_seeded(kwargs, "map_as_completed"))
 
 
 def mapReduce(mapFunc: Callable[..., Any] | str, reductionOp: Callable[[Any, Any], Any],  # noqa: N802,N803
               *iterables: Iterable[Any], **kwargs: Any) -> Any:
     """Map on the workers and fold the results with ``reductionOp`` as they arrive."""
-    return default_pool().map_reduce(mapFunc, reductionOp, *iterables, **kwargs)
+    return default_pool().map_reduce(mapFunc, reductionOp, *iterables, **_seeded(kwargs, "mapReduce"))
+
+
+def mapScan(mapFunc: Callable[..., Any] | str, reductionOp: Callable[[Any, Any], Any],  # noqa: N802,N803
+            *iterables: Iterable[Any], **kwargs: Any) -> list[Any]:
+    """Map on the workers, then the running reduction in input order: ``[r0, op(r0, r1), ...]``.
+
+    Unlike SCOOP's, the prefixes follow the input order, so a non-commutative ``reductionOp``
+    gives the same list as ``itertools.accumulate(map(mapFunc, *iterables), reductionOp)``.
+    """
+    results = default_pool().map(mapFunc, *iterables, **_seeded(kwargs, "mapScan"))
+    return list(itertools.accumulate(results, reductionOp))
+
+
+def size() -> int:
+    """How many workers take work now (SCOOP's ``scoop.SIZE``)."""
+    return len(default_pool().workers)
+
+
+def worker() -> str:
+    """This process's worker name inside a task (SCOOP's ``scoop.worker``); "origin" in the client."""
+    host = taskctx.host
+    return host.name if host is not None and taskctx.in_task() else "origin"
+
+
+def __getattr__(name: str) -> Any:
+    """``futures.SIZE`` and ``futures.IS_ORIGIN``, computed when read, as SCOOP's module constants."""
+    if name == "SIZE":
+        return size()
+    if name == "IS_ORIGIN":
+        return not taskctx.in_task()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def submit(func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> Future[Any]:
-    """Schedule ``func(*args, **kwargs)`` on a worker and return its Future."""
-    return default_pool().submit(func, *args, **kwargs)
+    """Schedule ``func(*args, **kwargs)`` on a worker and return its Future.
+
+    Inside a task that got a seed, ``func`` gets keyword ``seed`` derived from it.
+    """
+    return default_pool().submit(func, *args, **_seeded(kwargs, "submit"))
 
 
 def as_completed(fs: Iterable[Future[Any]], timeout: float | None = None) -> Iterator[Future[Any]]:
     """Yield the futures as they complete (``concurrent.futures.as_completed``)."""
-    return _as_completed(fs, timeout)
+    if not taskctx.in_task():
+        return _as_completed(fs, timeout)
+    return _as_completed_in_task(set(fs), timeout)
+
+
+def _as_completed_in_task(fs: set[Future[Any]], timeout: float | None) -> Iterator[Future[Any]]:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while fs:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise TimeoutError(f"{len(fs)} of the futures did not complete within {timeout} s")
+        taskctx.wait(fs, remaining, FIRST_COMPLETED)
+        for f in [f for f in fs if f.done()]:
+            fs.discard(f)
+            yield f
 
 
 def wait(fs: Iterable[Future[Any]], timeout: float | None = None,
          return_when: str = ALL_COMPLETED) -> Any:
-    """Wait for the futures (``concurrent.futures.wait``); returns ``(done, not_done)``."""
-    return _wait(fs, timeout, return_when)
+    """Wait for the futures (``concurrent.futures.wait``); returns ``(done, not_done)``.
+
+    As in SCOOP, a negative ``timeout`` (SCOOP's default -1) means wait as long as it takes.
+    """
+    fs = list(fs)
+    if timeout is not None and timeout < 0:
+        timeout = None
+    if taskctx.in_task():
+        taskctx.wait(fs, timeout, return_when)
+    return _wait(fs, 0 if taskctx.in_task() else timeout, return_when)
 
 
 def shutdown(wait: bool = True) -> None:  # noqa: A002

@@ -46,6 +46,7 @@ class Dispatcher:
         self.link, self.slot = link, slot
         self.wake = threading.Condition(lock)
         self.thread: threading.Thread | None = None
+        self.shared_sent = 0  # version of the pool's shared constants this worker has
 
 
 ANSWERS, REFUSED, SILENT = "answers", "refused", "silent"  # what a probe found

@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import functools
 import itertools
+import sys
 import time
 import weakref
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
@@ -31,7 +32,7 @@ from .chunk import Chunk, items
 from .config import Settings
 from .feeder import Feeder
 from .health import Health
-from .references import by_value_needed, reference_of
+from .references import SCRIPT_MODULE, by_value_needed, reference_of
 from .scheduler import Scheduler
 from .wire import register_wire
 
@@ -51,6 +52,8 @@ class Pool(concurrent.futures.Executor):
         seed: pool-level seed; each map call then draws its own child seeds from it.
         by_value: send lambdas, nested functions and functions defined in ``__main__`` (a notebook)
             by value with cloudpickle; workers must run with ``--allow-by-value`` and a secret.
+        show_output: print here what tasks print (stdout, stderr, logging), each line prefixed
+            by its worker, as SCOOP does; the launcher and ``futures`` turn it on.
 
     Raises:
         WorkerUnavailableError: the name server cannot be reached or does not answer within
@@ -58,7 +61,7 @@ class Pool(concurrent.futures.Executor):
     """
 
     def __init__(self, ns: str | None = None, *, cluster: Any = None, settings: Settings | None = None,
-                 seed: int | None = None, by_value: bool = False) -> None:
+                 seed: int | None = None, by_value: bool = False, show_output: bool = False) -> None:
         base = settings or (cluster.settings if cluster is not None else Settings.from_env())
         self.settings = dataclasses.replace(base, ns=ns or base.ns)
         register_wire()
@@ -68,6 +71,8 @@ class Pool(concurrent.futures.Executor):
         self._code: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
         self._calls = itertools.count()
         self._scheduler = Scheduler(self.settings)
+        self._scheduler.by_value = by_value
+        self._scheduler.show_output = show_output
         self._health = Health(self._scheduler)
         self._health.start()  # fails fast on a wrong or hung name server
         # A pool dropped without shutdown() still stops its threads once its work is done.
@@ -148,6 +153,9 @@ class Pool(concurrent.futures.Executor):
 
     def _task_of(self, fn: Callable[..., Any] | str) -> tuple[str, bytes | None]:
         """How ``fn`` travels: a reference, or (by_value pools) cloudpickled bytes."""
+        ref = _script_reference(fn)
+        if ref is not None:
+            return ref, None
         if not (self.by_value and by_value_needed(fn)):
             return reference_of(fn), None
         try:
@@ -197,3 +205,14 @@ class Pool(concurrent.futures.Executor):
         finally:
             feeder.stop()
             bar.close()
+
+
+def _script_reference(fn: Any) -> str | None:
+    """Inside a worker, a top-level function of the launcher's script, named as its client names it."""
+    if getattr(fn, "__module__", None) != SCRIPT_MODULE or "<" in getattr(fn, "__qualname__", "<"):
+        return None
+    module = sys.modules.get(SCRIPT_MODULE)
+    if module is None or getattr(module, fn.__qualname__.split(".")[0], None) is None:
+        return None
+    options = {"script": module.__file__, "sha256": module.__dict__["__pyro_compute_sha256__"]}
+    return f"__main__:{fn.__qualname__} {options!r}"

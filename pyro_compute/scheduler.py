@@ -11,18 +11,21 @@ from __future__ import annotations
 import collections
 import logging
 import marshal
+import sys
 import threading
 import time
-from typing import Iterable, cast
+import uuid
+from typing import Any, Iterable, cast
 
 import Pyro4
 import Pyro4.errors
+import serpent
 
 from .chunk import Chunk, with_remote_cause
-from .config import Settings
+from .config import NAME_PREFIX, Settings
 from .errors import WorkerUnavailableError
 from .links import ANSWERS, DOWN, OK, RETIRED, Call, Dispatcher, Link, abort, connect, new_proxy, probe
-from .wire import from_serpent, is_plain, plain_rows
+from .wire import foreign, from_serpent, is_plain, plain_rows
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,16 @@ class Scheduler:
         self.idle: dict[Dispatcher, None] = {}  # waiting dispatchers, oldest first
         self.per_item: dict[str, float] = {}
         self.busy = 0
+        # False in pools made inside tasks: a call there may wait on its own children for long,
+        # so nothing is queued behind it (and duplicated when it overruns).
+        self.pipeline = True
+        self.run_id = uuid.uuid4().hex  # names this pool's shared constants on the workers
+        self.shared: dict[str, Any] = {}  # constants set with shared.setConst, pushed once per worker
+        self.shared_version = 0
+        self.show_output = False  # ask workers for what tasks print, and print it here
+        # Only on the launcher's own cluster (per-run secret, loopback, the user's processes):
+        # results the wire cannot carry come back pickled instead of failing their tasks.
+        self.by_value = False  # arguments the wire cannot carry (objects of script classes) go pickled
         self.feeders = 0
         self.shutting_down = False
         self.over = threading.Event()  # shut down and nothing left to run: threads exit
@@ -151,7 +164,7 @@ class Scheduler:
 
     def may_take(self, link: Link, now: float) -> bool:
         """Whether ``link`` may get a call now: it is idle, or it runs one short, on-time call."""
-        if link.state != OK or len(link.calls) >= SLOTS:
+        if link.state != OK or len(link.calls) >= SLOTS or (link.calls and not self.pipeline):
             return False
         return all(c.expected is not None and c.expected < PIPELINE_SECONDS
                    and now - c.started < max(c.expected, 0.005) for c in link.calls.values())
@@ -233,12 +246,19 @@ class Scheduler:
                 raise Pyro4.errors.MessageTooLargeError(self.too_large(chunk, "its arguments are"))
             call = d.link.calls[d.slot]
             call.fresh = connect(proxy, self.settings)
+            if self.shared_version and (call.fresh or d.shared_sent < self.shared_version):
+                self.push_shared(d, proxy)
             # No lock: give_up_on sets aborted before it reads proxy, we the reverse, so
             # either we see aborted or it sees our proxy and breaks its connection.
             call.proxy = proxy
             if call.aborted:
                 return None  # health gave up on this worker meanwhile; the chunk is requeued
-            reply = proxy.batch(chunk.task, args, chunk.kwargs, chunk.seeds, chunk.code)
+            if not packed and self.by_value and foreign(chunk.args):
+                import cloudpickle  # only by-value pools need it
+                reply = proxy.batch(chunk.task, [], chunk.kwargs, chunk.seeds, chunk.code,
+                                    cloudpickle.dumps(chunk.args), **self.options())
+            else:
+                reply = proxy.batch(chunk.task, args, chunk.kwargs, chunk.seeds, chunk.code, **self.options())
             if "packed" in reply:
                 reply["results"] = marshal.loads(reply["packed"])
             elif "serpent" in reply:
@@ -250,9 +270,35 @@ class Scheduler:
         except Exception as e:  # the Evaluator rejected the whole call: the caller's error
             chunk.fail(with_remote_cause(e))
         else:
+            if "output" in reply:
+                show_output(d.link.name, reply["output"])
             self.record(chunk.task, reply["seconds"], len(chunk.args))
             chunk.resolve(reply["results"], reply["errors"])
         return None
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments of ``Evaluator.batch`` beyond the chunk: run id and output."""
+        options: dict[str, Any] = {"run": self.run_id}
+        if self.show_output:
+            options["output"] = True
+        return options
+
+    def set_shared(self, constants: dict[str, Any]) -> None:
+        """Add constants for this pool's tasks; every worker gets them before its next chunk."""
+        with self.lock:
+            self.shared.update(constants)
+            self.shared_version += 1
+
+    def push_shared(self, d: Dispatcher, proxy: Pyro4.Proxy) -> None:
+        """Send the pool's constants to ``d``'s worker (with serpent if marshal cannot carry them)."""
+        with self.lock:
+            version, constants = self.shared_version, dict(self.shared)
+        if proxy._pyroSerializer == "marshal" and not is_plain(constants):
+            with new_proxy(d.link.uri, "serpent", self.settings, self.settings.call_timeout) as other:
+                other.set_shared(self.run_id, constants)
+        else:
+            proxy.set_shared(self.run_id, constants)
+        d.shared_sent = version
 
     def too_large(self, chunk: Chunk, what: str) -> str:
         return (f"task {chunk.task}: {what} probably larger than the workers' message size limit "
@@ -353,3 +399,20 @@ class Scheduler:
                 for d in link.dispatchers:
                     if d.thread is not None and d.thread is not threading.current_thread():
                         d.thread.join(timeout=5)
+
+
+def show_output(worker: str, output: Any) -> None:
+    """Print what a batch's tasks printed, each line prefixed by the worker that ran them."""
+    if not isinstance(output, list):
+        return
+    prefix = "[" + worker.removeprefix(NAME_PREFIX) + "] "
+    pending = {"stdout": "", "stderr": ""}
+    for entry in output:
+        if isinstance(entry, list) and len(entry) == 2 and entry[0] in pending and isinstance(entry[1], str):
+            pending[entry[0]] += entry[1]
+    for label, text in pending.items():
+        if text:
+            stream = sys.stdout if label == "stdout" else sys.stderr
+            lines = text.splitlines()
+            stream.write("".join(f"{prefix}{line}\n" for line in lines))
+            stream.flush()

@@ -95,6 +95,18 @@ def plain_rows(rows: list[tuple[Any, ...]]) -> bool:
     return {type(x) for row in rows for x in row} <= _PLAIN_SCALARS or is_plain(rows)
 
 
+def foreign(obj: Any, depth: int = 8) -> bool:
+    """True if ``obj`` holds an object the wire would refuse to rebuild (not plain data or numpy)."""
+    kind = type(obj)
+    if kind in _PLAIN_SCALARS or kind in (bytes, bytearray) or isinstance(obj, (np.ndarray, np.generic)):
+        return False
+    if kind in _PLAIN_CONTAINERS or kind in (set, frozenset):
+        return depth == 0 or any(foreign(x, depth - 1) for x in obj)
+    if kind is dict:
+        return depth == 0 or any(foreign(k, depth - 1) or foreign(v, depth - 1) for k, v in obj.items())
+    return True
+
+
 def to_serpent(obj: Any) -> bytes:
     """Serialize ``obj`` with Pyro4's serpent serializer and our hooks."""
     return SerpentSerializer().dumps(obj)  # type: ignore[no-any-return]

@@ -1,0 +1,145 @@
+"""SCOOP parity (issue 14): SCOOP-style scripts run through ``python -m pyro_compute -n 2``."""
+from __future__ import annotations
+
+import os
+import time
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "clients" / "scoop_examples"
+
+
+def launch(script: Path | str, *args: str, workers: int = 2, timeout: float = 240) -> str:
+    """Run ``script`` with the launcher on an embedded cluster; return its stdout."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYRO")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-m", "pyro_compute", "-n", str(workers), str(script), *args],
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=str(ROOT))
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc.stdout
+
+
+def test_recursive_tree_matches_serial_answer() -> None:
+    """Tasks submit and wait on their children, 8 deep (511 tasks) on 2 workers: no deadlock."""
+    out = launch(EXAMPLES / "tree.py", "8").split()
+    assert out[0] == "tree" and out[1] == "8"
+    assert int(out[2]) == int(out[3]) == 255976
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_nested_seeds_derive_from_parent_seed(workers: int) -> None:
+    """Seeded tasks' children get derived seeds: the same answer for any worker count."""
+    out = launch(EXAMPLES / "seeded_tree.py", workers=workers)
+    import random  # the serial answer, with the seeds the pool derives
+    from pyro_compute.chunk import child_seeds
+    from pyro_compute.taskctx import Frame
+    import numpy as np
+
+    def derived(seed: int, n: int) -> int:
+        return int(np.random.SeedSequence(seed, spawn_key=(n,)).generate_state(1, np.uint64)[0])
+
+    def draw(depth: int, seed: int) -> float:
+        own = random.Random(seed).random()
+        if depth == 0:
+            return own
+        call_seed = derived(seed, 1)
+        return own + sum(draw(depth - 1, s) for s in child_seeds(call_seed, (), 0, 2))
+
+    assert Frame(1).calls == 0
+    expected = sum(draw(3, s) for s in child_seeds(2026, (), 0, 3))
+    assert out.split() == ["seeded", repr(expected)]
+
+
+def test_lambdas_closures_partials_and_script_objects_by_value() -> None:
+    """The launcher's own cluster takes code and script-class objects (as arguments) by value, as SCOOP
+    does; results stay plain data, since no client decodes pickle from the wire."""
+    out = launch(EXAMPLES / "lambdas.py")
+    assert out.splitlines() == ["lambdas [10, 11, 12, 13, 14] [0, 3, 6, 9, 12] [0, 2, 4, 6, 8] "
+                                "[1, 5, 13, 25, 41]", "objects [(1, 0), (2, -1), (3, -2)] a Point as a result: TypeError"]
+
+
+def test_shared_cluster_keeps_by_value_opt_in(cluster: object, tmp_path: Path) -> None:
+    """With --ns (a shared cluster) a lambda is still refused with a message saying what to do."""
+    script = tmp_path / "lam.py"
+    script.write_text("from pyro_compute import futures\nprint(list(futures.map(lambda x: x, [1])))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYRO")}
+    env.update(cluster.settings.as_env())  # type: ignore[attr-defined]
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run([sys.executable, "-m", "pyro_compute", "--ns", cluster.ns, str(script)],  # type: ignore[attr-defined]
+                          capture_output=True, text=True, timeout=120, env=env, cwd=str(ROOT))
+    assert proc.returncode != 0
+    assert "by_value" in proc.stderr or "by value" in proc.stderr, proc.stderr
+
+
+def test_deap_onemax_with_futures_map_matches_serial() -> None:
+    """DEAP registers futures.map as its map: individuals (a deap.creator class) go by value."""
+    pytest.importorskip("deap")
+    serial = subprocess.run([sys.executable, str(EXAMPLES / "onemax.py"), "--serial"], capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert serial.returncode == 0, serial.stderr
+    assert launch(EXAMPLES / "onemax.py").split() == serial.stdout.split()
+    assert serial.stdout.split()[0] == "onemax" and float(serial.stdout.split()[1]) > 70
+
+
+def test_constants_shared_with_every_worker_including_one_that_joins_later() -> None:
+    """setConst once in the client; tasks on every worker read it, a late worker too."""
+    from pyro_compute import futures, shared
+    from pyro_compute.cluster import LocalCluster
+    from pyro_compute.pool import Pool
+
+    env = {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT), *sys.path])}
+    with LocalCluster(1, allow_modules=["scoop_tasks"], env=env) as c, Pool(cluster=c) as pool:
+        futures.set_default_pool(pool)
+        try:
+            shared.setConst(factor=3)
+            with pytest.raises(TypeError, match="set already"):
+                shared.setConst(factor=4)
+            assert shared.getConst("factor") == 3 and shared.getConst("nothing", timeout=0) is None
+            first = list(futures.map("scoop_tasks:const_times", range(8), ["factor"] * 8))
+            assert [v for _, v in first] == [3 * i for i in range(8)]
+            c.start_worker()
+            deadline = time.monotonic() + 60
+            pids: set[int] = set()
+            while len(pids) < 2 and time.monotonic() < deadline:
+                rows = list(futures.map("scoop_tasks:const_times", range(40), ["factor"] * 40, chunksize=1))
+                assert [v for _, v in rows] == [3 * i for i in range(40)]
+                pids |= {p for p, _ in rows}
+            assert len(pids) == 2, "the worker started later never ran a task"
+        finally:
+            futures.set_default_pool(None)
+
+
+def test_constants_example_through_the_launcher() -> None:
+    out = launch(EXAMPLES / "constants.py").splitlines()
+    assert out == ["refused: True", "constants [10, 17, 24, 31, 38, 45] 82 7 None"]
+
+
+def test_rest_of_scoop_surface() -> None:
+    """mapScan in input order, SIZE, IS_ORIGIN, worker names, wait(timeout=-1), unknown options."""
+    out = launch(EXAMPLES / "surface.py").splitlines()
+    assert out[0] == "mapScan 01234567891011 True"
+    assert out[1] == "size 2 True origin"
+    assert out[2] in ("workers 1 True", "workers 2 True")  # both usually; one is legal on a slow box
+    assert out[3:] == ["wait 5 0 [0, 1, 4, 9, 16]", "refused True"]
+
+
+def test_task_output_reaches_the_client_prefixed_by_worker() -> None:
+    """print to stdout/stderr and logging in a task show on the client's streams, per worker."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYRO")}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run([sys.executable, "-m", "pyro_compute", "-n", "2", str(EXAMPLES / "output.py")],
+                          capture_output=True, text=True, timeout=240, env=env, cwd=str(ROOT))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.splitlines()
+    assert out[-1] == "results [1, 2, 3, 4]"
+    said = sorted(line.split("] ", 1)[1] for line in out[:-1])
+    assert said == [f"task {i} says hello" for i in range(4)]
+    assert all(line.startswith("[local.") for line in out[:-1])
+    err = proc.stderr.splitlines()
+    for i in range(4):
+        assert any(line.startswith("[local.") and line.endswith(f"task {i} warns") for line in err)
+        assert any(line.startswith("[local.") and line.endswith(f"task {i} logged") for line in err)
