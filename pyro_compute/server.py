@@ -132,6 +132,17 @@ class GuardedServer:
         with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
 
+    def wait_quiet(self, timeout: float) -> bool:
+        """Wait until no request is being served (replies sent); False if ``timeout`` passed first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if not self._busy:
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+
     def stop_listening(self) -> None:
         """Refuse new connections (a draining worker), so that probes hear 'refused', not silence."""
         if self.sock is not None:

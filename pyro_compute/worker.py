@@ -132,11 +132,16 @@ class Worker:
         self._stopping = True
 
     def _drain(self, timeout: float) -> None:
-        """Let a running batch finish so its pool gets the result instead of retrying it."""
+        """Let a running batch finish, and its reply go out, so its pool gets the result instead of retrying it."""
+        deadline = time.monotonic() + timeout
         if self._busy.acquire(timeout=timeout):
             self._busy.release()
         else:
             log.warning("worker %s stops with a batch still running; its pool will retry it", self.name)
+            return
+        # The run lock is free before the reply is written: wait for that too before closing.
+        if not self.daemon.transportServer.wait_quiet(max(0.0, deadline - time.monotonic())):
+            log.warning("worker %s stops while a reply is still being sent", self.name)
 
     def _keep_registered(self) -> None:
         """Hold our name: retry (saying why) until it is ours, then check it now and then."""
