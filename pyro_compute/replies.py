@@ -21,6 +21,7 @@ _INT_BITS = _INT_LIMIT.bit_length()  # ints with fewer bits are below the limit
 _FLAT = frozenset({type(None), bool, float, str, complex})
 _FLAT_INT = _FLAT | {int}
 _MARSHAL_FLAT = frozenset({type(None), bool, int, float, str, complex, bytes})
+_INT_ONLY = {int}
 _SAFE_KINDS = "biufc"
 _CONTAINERS = frozenset({list, tuple, set, frozenset})
 _SERPENT_CHANGES: dict[type, str] = {bytes: "bytes, which the serpent serializer would turn into a base64 dict",
@@ -146,6 +147,8 @@ def _marshal_items(values: Collection[Any], depth: int) -> bool:
     kinds = {type(v) for v in values}
     if kinds <= _MARSHAL_FLAT and int not in kinds:
         return True
+    if kinds == _INT_ONLY:  # min and max at C speed instead of a bit_length per int
+        return bool(-_INT_LIMIT < min(values) and max(values) < _INT_LIMIT)
     for v in values:
         kind = type(v)
         if kind is int:

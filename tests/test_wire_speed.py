@@ -85,3 +85,10 @@ def test_reduce_over_sets_matches_serial(cluster: LocalCluster) -> None:
         got = list(pool.map(remote_tasks.multiples, range(1, 30), [500] * 29, chunksize=4, timeout=T))
     assert functools.reduce(set.union, got) == set(range(500))
     same(got, [set(range(0, 500, s)) for s in range(1, 30)])
+
+
+@pytest.mark.parametrize("values, plain", [([set(range(5))], True), ([[10**4299, -10**4299]], True),
+                                           ([[1, 10**4300]], False), ([{-(10**4300), 2}], False),
+                                           ([[True, 10**4300]], False), ([[]], True)])
+def test_marshal_plain_checks_every_int_of_a_container(values: list[Any], plain: bool) -> None:
+    assert marshal_plain(values) is plain
