@@ -20,7 +20,7 @@ from . import kernels, taskctx
 from .activity import Activity
 from .errors import KernelError
 from .references import Resolver
-from .replies import error_entry, fail_unsendable, marshal_plain, short_repr
+from .replies import error_entry, fail_unsendable, marshal_plain, pack, short_repr
 from .wire import to_serpent
 
 MAX_SAMPLES = 1 << 40
@@ -287,7 +287,7 @@ def _reply(results: list[Any], errors: list[list[Any]], seconds: float, over_mar
         if not marshal_plain(results):  # one pass in the common case; a second only to find what fails
             fail_unsendable(results, errors, serpent=False)
         if marshal_plain(results):
-            return {"packed": marshal.dumps(results), "errors": errors, "seconds": seconds}
+            return {"packed": pack(results), "errors": errors, "seconds": seconds}
     fail_unsendable(results, errors, serpent=True)
     if over_marshal:
         return {"serpent": to_serpent(results), "errors": errors, "seconds": seconds}

@@ -7,7 +7,9 @@ data, however large the argument that caused them.
 """
 from __future__ import annotations
 
+import marshal
 import reprlib
+import struct
 import traceback
 from typing import Any, Collection
 
@@ -19,6 +21,7 @@ _INT_BITS = _INT_LIMIT.bit_length()  # ints with fewer bits are below the limit
 _FLAT = frozenset({type(None), bool, float, str, complex})
 _FLAT_INT = _FLAT | {int}
 _MARSHAL_FLAT = frozenset({type(None), bool, int, float, str, complex, bytes})
+_INT_ONLY = {int}
 _SAFE_KINDS = "biufc"
 _CONTAINERS = frozenset({list, tuple, set, frozenset})
 _SERPENT_CHANGES: dict[type, str] = {bytes: "bytes, which the serpent serializer would turn into a base64 dict",
@@ -144,6 +147,8 @@ def _marshal_items(values: Collection[Any], depth: int) -> bool:
     kinds = {type(v) for v in values}
     if kinds <= _MARSHAL_FLAT and int not in kinds:
         return True
+    if kinds == _INT_ONLY:  # min and max at C speed instead of a bit_length per int
+        return bool(-_INT_LIMIT < min(values) and max(values) < _INT_LIMIT)
     for v in values:
         kind = type(v)
         if kind is int:
@@ -164,6 +169,47 @@ def _marshal_value(value: Any, depth: int) -> bool:
         return ({type(k) for k in value} <= {str} or all(_good_key(k) for k in value)) \
             and _marshal_items(value.values(), depth)
     return False
+
+
+_SETS = frozenset({set, frozenset})
+_CODES: dict[type, bytes] = {list: b"[", tuple: b"(", set: b"<", frozenset: b">"}  # marshal's type codes
+_PIECES = 2  # marshal version without back-references, so separately written pieces join into one stream
+
+
+def pack(values: list[Any]) -> bytes:
+    """``marshal.dumps(values)`` (for values ``marshal_plain`` passed), fast for big sets too.
+
+    marshal sorts the items of every set it writes (about 0.4 s for 333,000 ints); here a set is
+    written as the list of its items under the set's type code, which ``marshal.loads`` reads as that set.
+    """
+    if not _has_set(values, 0):
+        return marshal.dumps(values)
+    return _pack(values)
+
+
+def _has_set(values: Collection[Any], depth: int) -> bool:
+    kinds = {type(v) for v in values}
+    if kinds & _SETS:
+        return True
+    if kinds <= _MARSHAL_FLAT or depth > 64:
+        return False
+    return any(_has_set(v.values() if type(v) is dict else v, depth + 1) for v in values
+               if type(v) in _CODES or type(v) is dict)
+
+
+def _pack(value: Any) -> bytes:
+    kind = type(value)
+    if kind is dict:
+        if not _has_set(value.values(), 0):
+            return marshal.dumps(value, _PIECES)
+        pairs = (marshal.dumps(k, _PIECES) + _pack(v) for k, v in value.items())
+        return b"{" + b"".join(pairs) + b"0"  # marshal's dict: key, value pairs, then its null code
+    if kind not in _CODES:
+        return marshal.dumps(value, _PIECES)
+    items = value if kind is list else list(value)
+    if not _has_set(items, 0):
+        return _CODES[kind] + marshal.dumps(items, _PIECES)[1:]  # a list's items, under this type code
+    return _CODES[kind] + struct.pack("<i", len(items)) + b"".join(_pack(v) for v in items)
 
 
 def fail_unsendable(results: list[Any], errors: list[list[Any]], serpent: bool) -> None:

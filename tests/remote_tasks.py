@@ -166,3 +166,11 @@ def odd_result(kind: str, x: Any = 0) -> Any:
 def raise_with(value: Any) -> None:
     """Raise ``ValueError(value)``: an error whose message holds whatever the caller sent."""
     raise ValueError(value)
+
+
+def multiples(step: int, stop: int, kind: str = "set") -> Any:
+    """The multiples of ``step`` below ``stop`` as a "set", a "frozenset" or "nested" in other containers."""
+    items = set(range(0, stop, step))
+    if kind == "nested":
+        return {"sets": [items, frozenset(items)], "pair": (frozenset({frozenset({step}), (step, 0)}), items)}
+    return frozenset(items) if kind == "frozenset" else items
