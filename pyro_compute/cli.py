@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("script", help="the Python script to run")
     run.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
     _add_cluster_options(run)
+    run.add_argument("--dashboard", nargs="?", const=0, type=int, metavar="PORT",
+                     help="serve a live page of this run's tasks on 127.0.0.1:PORT (default: a free "
+                          "port); put it before the script, e.g. 'run --dashboard -- SCRIPT'")
     cluster_cli.add_hostfile_options(run)
 
     status = sub.add_parser("status", help="list the registered workers and what they do",
@@ -173,35 +176,48 @@ def _with_command(argv: list[str]) -> list[str] | None:
 
 
 @contextlib.contextmanager
-def _pool(args: argparse.Namespace, script: str | None = None) -> Iterator[Pool]:
-    """A pool on the named cluster, or on an embedded local cluster started for this run."""
+def _pool(args: argparse.Namespace, script: str | None = None,
+          view: dashboard.DashboardRun | None = None) -> Iterator[Pool]:
+    """A pool on the named cluster, or on an embedded local cluster started for this run.
+
+    With ``view``, the pool reports every finished call to it (the run's dashboard).
+    """
     if args.ns or (args.workers is None and os.environ.get("PYRO_COMPUTE_NS")):
         settings = Settings.from_env(ns=args.ns)
         with connect_ns(settings):  # fails in one sentence: wrong secret, nothing there, no answer
             pass
         by_value = script is not None and _by_value_wanted(settings, script)
-        with Pool(args.ns, by_value=by_value, show_output=script is not None) as pool:
+        with Pool(args.ns, by_value=by_value, show_output=script is not None,
+                  dashboard=view or False) as pool:
             yield pool
         return
     # The launcher's own cluster: per-run secret, loopback, every process the user's: lambdas,
     # closures, partials and objects of script classes (as arguments) travel by value. Results
     # stay plain data: a client never decodes pickle from the wire. --ns keeps by-value opt-in.
     with LocalCluster(args.workers, script=script, by_value=True) as cluster, \
-            Pool(cluster=cluster, by_value=True, show_output=script is not None) as pool:
+            Pool(cluster=cluster, by_value=True, show_output=script is not None,
+                 dashboard=view or False) as pool:
         yield pool
 
 
 @contextlib.contextmanager
 def _run_view(args: argparse.Namespace, pool: Pool, title: str) -> Iterator[dashboard.DashboardRun | None]:
     """The run's own dashboard when --dashboard was given, else None."""
-    if args.dashboard is None:
-        yield None
+    view = None if args.dashboard is None else dashboard.DashboardRun(title)
+    with _serve_view(args, pool, view):
+        yield view
+
+
+@contextlib.contextmanager
+def _serve_view(args: argparse.Namespace, pool: Pool, view: dashboard.DashboardRun | None) -> Iterator[None]:
+    """Serve ``view`` beside ``pool``'s cluster on 127.0.0.1:``args.dashboard``; nothing if None."""
+    if view is None:
+        yield
         return
-    view = dashboard.DashboardRun(title)
     with dashboard.serve_for_run(pool.settings, view, port=args.dashboard) as server:
         print(f"dashboard: {server.url}", file=sys.stderr, flush=True)
         try:
-            yield view
+            yield
         finally:
             view.finish()
 
@@ -249,7 +265,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"pyro-compute: error: no such script: {args.script}", file=sys.stderr)
         return 2
     saved_argv, saved_path = sys.argv, list(sys.path)
-    with _pool(args, script) as pool:
+    view = None if args.dashboard is None else dashboard.DashboardRun(f"run {args.script}")
+    with _pool(args, script, view) as pool, _serve_view(args, pool, view):
         futures.set_default_pool(pool)
         sys.argv = [script, *args.args]
         sys.path.insert(0, os.path.dirname(script))

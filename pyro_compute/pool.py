@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import functools
 import itertools
+import logging
 import sys
 import time
 import weakref
@@ -30,6 +31,7 @@ from tqdm.auto import tqdm
 
 from .chunk import Chunk, items
 from .config import Settings
+from .dashboard_state import DashboardRun
 from .feeder import Feeder
 from .health import Health
 from .references import SCRIPT_MODULE, by_value_needed, reference_of
@@ -37,6 +39,7 @@ from .scheduler import Scheduler
 from .wire import register_wire
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class Pool(concurrent.futures.Executor):
@@ -54,6 +57,10 @@ class Pool(concurrent.futures.Executor):
             by value with cloudpickle; workers must run with ``--allow-by-value`` and a secret.
         show_output: print here what tasks print (stdout, stderr, logging), each line prefixed
             by its worker, as SCOOP does; the launcher and ``futures`` turn it on.
+        dashboard: True serves this pool's own live page (task stream, tasks queued, running and
+            done) on 127.0.0.1 at a free port until ``shutdown()``; its address is in
+            ``dashboard_url``, the run in ``dashboard_run``. A DashboardRun is reported to
+            without serving it.
 
     Raises:
         WorkerUnavailableError: the name server cannot be reached or does not answer within
@@ -61,7 +68,8 @@ class Pool(concurrent.futures.Executor):
     """
 
     def __init__(self, ns: str | None = None, *, cluster: Any = None, settings: Settings | None = None,
-                 seed: int | None = None, by_value: bool = False, show_output: bool = False) -> None:
+                 seed: int | None = None, by_value: bool = False, show_output: bool = False,
+                 dashboard: bool | DashboardRun = False) -> None:
         base = settings or (cluster.settings if cluster is not None else Settings.from_env())
         self.settings = dataclasses.replace(base, ns=ns or base.ns)
         register_wire()
@@ -77,6 +85,11 @@ class Pool(concurrent.futures.Executor):
         self._health.start()  # fails fast on a wrong or hung name server
         # A pool dropped without shutdown() still stops its threads once its work is done.
         self._finalizer = weakref.finalize(self, self._scheduler.shutdown, False, False)
+        self.dashboard_url: str | None = None
+        self.dashboard_run: DashboardRun | None = None  # what this pool reports to
+        self._dashboard: Callable[[], Any] | None = None  # a weakref.finalize
+        if dashboard is not False:
+            self._attach(DashboardRun("pool") if dashboard is True else dashboard, serve=dashboard is True)
 
     # -- public API -------------------------------------------------------------------------
 
@@ -142,6 +155,8 @@ class Pool(concurrent.futures.Executor):
         self._scheduler.shutdown(wait, cancel_futures)
         if wait and self._scheduler.over.is_set():  # else a map started before still runs
             self._health.join(timeout=5)
+        if self._dashboard is not None:
+            self._dashboard()  # closes the page's server once
 
     @property
     def workers(self) -> list[str]:
@@ -150,6 +165,24 @@ class Pool(concurrent.futures.Executor):
             return self._scheduler.usable()
 
     # -- scheduling -------------------------------------------------------------------------
+
+    def _attach(self, run: DashboardRun, serve: bool) -> None:
+        """Report every finished call to ``run``; with ``serve``, also serve its page until shutdown."""
+        if not isinstance(run, DashboardRun):
+            raise TypeError(f"dashboard must be True, False or a DashboardRun, not {type(run).__name__}")
+        self._scheduler.reporter = self.dashboard_run = run
+        if not serve:
+            return
+        from .dashboard import serve_for_run  # only pools that serve a page need the HTTP server
+        try:
+            server = serve_for_run(self.settings, run)
+        except OSError:
+            self._scheduler.shutdown(False, False)
+            raise
+        self._dashboard = weakref.finalize(self, _close_dashboard, server, run)
+        self.dashboard_url = server.url
+        log.info("pool dashboard at %s", server.url)
+        print(f"pyro-compute dashboard: {server.url}", file=sys.stderr, flush=True)
 
     def _task_of(self, fn: Callable[..., Any] | str) -> tuple[str, bytes | None]:
         """How ``fn`` travels: a reference, or (by_value pools) cloudpickled bytes."""
@@ -205,6 +238,12 @@ class Pool(concurrent.futures.Executor):
         finally:
             feeder.stop()
             bar.close()
+
+
+def _close_dashboard(server: Any, run: DashboardRun) -> None:
+    """Mark the run finished and stop serving its page."""
+    run.finish()
+    server.close()
 
 
 def _script_reference(fn: Any) -> str | None:

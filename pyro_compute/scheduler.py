@@ -23,6 +23,7 @@ import serpent
 
 from .chunk import Chunk, with_remote_cause
 from .config import NAME_PREFIX, Settings
+from .dashboard_state import RunReporter
 from .errors import WorkerUnavailableError
 from .links import ANSWERS, DOWN, OK, RETIRED, Call, Dispatcher, Link, abort, connect, new_proxy, probe
 from .wire import foreign, from_serpent, is_plain, plain_rows
@@ -54,6 +55,8 @@ class Scheduler:
         self.shared: dict[str, Any] = {}  # constants set with shared.setConst, pushed once per worker
         self.shared_version = 0
         self.show_output = False  # ask workers for what tasks print, and print it here
+        self.reporter: RunReporter | None = None  # a dashboard told of every finished call
+        self.reported = 0  # tasks reported done to it
         # Only on the launcher's own cluster (per-run secret, loopback, the user's processes):
         # results the wire cannot carry come back pickled instead of failing their tasks.
         self.by_value = False  # arguments the wire cannot carry (objects of script classes) go pickled
@@ -251,6 +254,7 @@ class Scheduler:
             # No lock: give_up_on sets aborted before it reads proxy, we the reverse, so
             # either we see aborted or it sees our proxy and breaks its connection.
             call.proxy = proxy
+            start = time.time()
             if call.aborted:
                 return None  # health gave up on this worker meanwhile; the chunk is requeued
             if not packed and self.by_value and foreign(chunk.args):
@@ -273,8 +277,24 @@ class Scheduler:
             if "output" in reply:
                 show_output(d.link.name, reply["output"])
             self.record(chunk.task, reply["seconds"], len(chunk.args))
+            if self.reporter is not None:  # before resolve: a finished map has been reported in full
+                self.report(self.reporter, d.link.name, chunk, start)
             chunk.resolve(reply["results"], reply["errors"])
         return None
+
+    def report(self, reporter: RunReporter, worker: str, chunk: Chunk, start: float) -> None:
+        """Tell the dashboard of a finished call: a task-stream event and tasks done/queued/running."""
+        n = len(chunk.args)
+        with self.lock:
+            if chunk.future.done():  # a duplicate of a call judged hung: counted once
+                return
+            self.reported += n
+            done = self.reported
+            queued = sum(len(c.args) for c in self.pending if not c.future.done())
+            running = sum(len(c.chunk.args) for link in self.links.values() for c in link.calls.values()) - n
+        name = chunk.task.split(" ", 1)[0]  # a script function's reference ends in its options
+        reporter.task(worker, start, time.time(), name if n == 1 else f"{name} x{n}")
+        reporter.progress(done, None, queued=queued, running=max(0, running))
 
     def options(self) -> dict[str, Any]:
         """Keyword arguments of ``Evaluator.batch`` beyond the chunk: run id and output."""

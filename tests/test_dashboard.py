@@ -340,3 +340,80 @@ def test_pi_dashboard_flag_serves_the_run(cluster: LocalCluster, capsys: pytest.
     assert with_view == 0 and "dashboard: http://127.0.0.1:" in err
     assert cli.main(argv) == 0
     assert json.loads(out)["hits"] == json.loads(capsys.readouterr().out)["hits"]
+
+
+# --- a pool's own dashboard (issue 13 item 2) -----------------------------------------------------
+
+def dashboard_threads() -> set[threading.Thread]:
+    """Live threads of a dashboard server (not covered by the pool-thread leak check)."""
+    return {t for t in threading.enumerate() if t.name.startswith("dashboard-") and t.is_alive()}
+
+
+def refused(url: str) -> bool:
+    """True when nothing listens at ``url`` any more."""
+    try:
+        get(url, "/api/run")
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_pool_dashboard_shows_tasks_of_real_workers_and_closes(
+        cluster: LocalCluster, capsys: pytest.CaptureFixture[str]) -> None:
+    before = dashboard_threads()
+    pool = Pool(cluster=cluster, dashboard=True)
+    try:
+        url = pool.dashboard_url
+        assert url is not None and url.startswith("http://127.0.0.1:")
+        assert f"pyro-compute dashboard: {url}" in capsys.readouterr().err
+        n = 60
+        assert list(pool.map(remote_tasks.square, range(n), chunksize=3, timeout=120)) == [
+            i * i for i in range(n)]
+        code, headers, body = get(url, "/api/run")
+        assert code == 200 and headers["Content-Type"] == "application/json"
+        snap = json.loads(body)
+        assert snap["progress"]["done"] == n and snap["progress"]["total"] is None
+        assert snap["progress"]["queued"] == 0 and snap["progress"]["running"] == 0
+        assert snap["task_count"] == n // 3  # one event per call of 3 tasks
+        workers = {t["worker"] for t in snap["tasks"]}
+        assert workers and workers <= set(cluster.registered())
+        assert all(t["start"] <= t["end"] and "square" in t["label"] for t in snap["tasks"])
+        assert snap["finished"] is None
+    finally:
+        pool.shutdown()
+    assert refused(url)
+    assert pool.dashboard_run is not None and pool.dashboard_run.snapshot()["finished"] is not None
+    wait_until("the dashboard's threads stopping", lambda: dashboard_threads() <= before, timeout=15)
+    pool.shutdown()  # twice is harmless
+
+
+def test_pool_reports_to_a_run_it_is_given_without_serving(cluster: LocalCluster) -> None:
+    run = DashboardRun("given")
+    with Pool(cluster=cluster, dashboard=run) as pool:
+        assert pool.dashboard_url is None and pool.dashboard_run is run
+        assert sum(pool.map(remote_tasks.square, range(20), chunksize=4, timeout=120)) == sum(
+            i * i for i in range(20))
+    snap = run.snapshot()
+    assert snap["progress"]["done"] == 20 and snap["task_count"] == 5
+    assert {t["worker"] for t in snap["tasks"]} <= set(cluster.registered())
+    with pytest.raises(TypeError, match="DashboardRun"):
+        Pool(cluster=cluster, dashboard="yes")  # type: ignore[arg-type]
+
+
+def test_cli_run_dashboard_prints_the_url_and_reports_the_script(
+        cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("PYRO_COMPUTE_HMAC_KEY", cluster.settings.hmac_key)
+    script = tmp_path / "tiny.py"
+    script.write_text(
+        "import remote_tasks\n"
+        "from pyro_compute import futures\n"
+        "print('total', sum(futures.map(remote_tasks.square, range(12))))\n"
+        "run = futures.default_pool().dashboard_run\n"
+        "print('done', run.snapshot()['progress']['done'], run.title)\n")
+    assert cli.main(["run", "--dashboard", "--ns", cluster.ns, str(script)]) == 0
+    out, err = capsys.readouterr()
+    assert "total 506" in out and f"done 12 run {script}" in out
+    lines = [line for line in err.splitlines() if line.startswith("dashboard: http://127.0.0.1:")]
+    assert len(lines) == 1, err
+    assert refused(lines[0].split()[1])  # served for the run only
