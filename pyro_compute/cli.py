@@ -8,7 +8,6 @@ import difflib
 import json
 import logging
 import os
-import runpy
 import secrets
 import sys
 import time
@@ -16,7 +15,7 @@ from typing import Any, Iterator
 
 import Pyro4.errors
 
-from . import __version__, cluster_cli, dashboard, futures, slurm
+from . import __version__, cluster_cli, dashboard, slurm
 from .cluster import LocalCluster
 from .config import NAME_PREFIX, Settings
 from .diagnose import connect_ns
@@ -264,17 +263,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not os.path.isfile(script):
         print(f"pyro-compute: error: no such script: {args.script}", file=sys.stderr)
         return 2
-    saved_argv, saved_path = sys.argv, list(sys.path)
     view = None if args.dashboard is None else dashboard.DashboardRun(f"run {args.script}")
     with _pool(args, script, view) as pool, _serve_view(args, pool, view):
-        futures.set_default_pool(pool)
-        sys.argv = [script, *args.args]
-        sys.path.insert(0, os.path.dirname(script))
-        try:
-            runpy.run_path(script, run_name="__main__")
-        finally:
-            futures.set_default_pool(None)
-            sys.argv, sys.path[:] = saved_argv, saved_path
+        cluster_cli.run_script(pool, script, args.args)
     return 0
 
 
