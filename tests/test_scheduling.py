@@ -3,6 +3,7 @@ hung name servers, and the Executor contract items of issue 9 (signals, restarts
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import gc
 import os
 import signal
@@ -390,7 +391,11 @@ class Relay:
                 client, _ = self.server.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(self.target)
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:  # the worker has gone (the cluster is stopping): refuse as it would
+                client.close()
+                continue
             self.accepted += 1
             self.conns += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
@@ -420,6 +425,8 @@ class Relay:
 
     def close(self) -> None:
         self.drop_all()
+        with contextlib.suppress(OSError):
+            self.server.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
         self.server.close()
         time.sleep(0.2)  # let the pumps close their sockets
 
