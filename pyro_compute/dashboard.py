@@ -17,7 +17,7 @@ itself is never sent.
 from __future__ import annotations
 
 import argparse
-import hashlib
+import contextlib
 import hmac
 import http.cookies
 import http.server
@@ -33,7 +33,8 @@ from importlib import resources
 from typing import Any
 
 from .config import Settings
-from .dashboard_state import POLL_INTERVAL, ClusterMonitor, DashboardRun, RunReporter
+from .dashboard_state import (POLL_INTERVAL, ClusterMonitor, DashboardRun, RunBoard, RunReporter,
+                              dashboard_token, report_token)
 from .errors import ConfigError
 
 __all__ = ["DashboardRun", "DashboardServer", "RunReporter", "add_parser", "dashboard_token", "main",
@@ -42,19 +43,15 @@ __all__ = ["DashboardRun", "DashboardServer", "RunReporter", "add_parser", "dash
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8787
-TOKEN_LABEL = b"pyro-compute dashboard token v1"
 COOKIE = "pyro_compute_dashboard"
+TOKEN_HEADER = "X-Pyro-Compute-Token"
+MAX_REPORT = 4 << 20  # bytes one report may have
 STATIC = "dashboard_static"
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
                                "img-src 'self' data:; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store", "X-Frame-Options": "DENY"}
-
-
-def dashboard_token(secret: bytes) -> str:
-    """The access token for ``secret``: an HMAC of a fixed label, so it reveals nothing of it."""
-    return hmac.new(secret, TOKEN_LABEL, hashlib.sha256).hexdigest()[:32]
 
 
 def needs_token(host: str) -> bool:
@@ -127,8 +124,46 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             current = self.server.run
             since = _number(query.get("since", [""])[0])
             self._json(None if current is None else current.snapshot(since))
+        elif url.path == "/api/runs":
+            self._json({"runs": self.server.runs.snapshots(_number(query.get("since", [""])[0]))})
         else:
             self._send(404, b"not found\n", "text/plain")
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        """Take a report of a pool in another process (``/api/report``, see dashboard_client)."""
+        if urllib.parse.urlsplit(self.path).path != "/api/report":
+            self.close_connection = True  # the body is not read
+            self._send(404, b"not found\n", "text/plain")
+            return
+        code, refusal = self._refusal()
+        if refusal:
+            self.close_connection = True
+            self._send(code, refusal.encode() + b"\n", "text/plain")
+            return
+        self._report(self.rfile.read(int(self.headers["Content-Length"])))
+
+    def _refusal(self) -> tuple[int, str]:
+        """Why a report may not be read (HTTP code and sentence), or (200, "") if it may."""
+        if self.server.token is None and not is_loopback(_host_name(self.headers.get("Host") or "")):
+            return 403, "this dashboard answers only to loopback host names"
+        if not hmac.compare_digest((self.headers.get(TOKEN_HEADER) or "").encode(),
+                                   self.server.report_token.encode()):
+            return 403, ("the report token is wrong: the pool and the dashboard must share the secret "
+                         "(PYRO_COMPUTE_HMAC_KEY or PYRO_COMPUTE_HMAC_KEY_FILE)")
+        length = self.headers.get("Content-Length") or ""
+        if self.headers.get_content_type() != "application/json" or not length.isdigit() \
+                or int(length) > MAX_REPORT:
+            return 400, (f"a report is a JSON body (Content-Type: application/json) of at most "
+                         f"{MAX_REPORT} bytes with its Content-Length")
+        return 200, ""
+
+    def _report(self, body: bytes) -> None:
+        try:
+            taken = self.server.runs.apply(json.loads(body))
+        except ValueError as e:  # json.JSONDecodeError is a ValueError too
+            self._send(400, f"the report was refused: {e}\n".encode(), "text/plain")
+            return
+        self._json({"taken": taken})
 
     def _allowed(self, query: dict[str, list[str]]) -> bool:
         """Check the token (other interfaces) or the Host header (loopback: no DNS rebinding)."""
@@ -200,11 +235,17 @@ class DashboardServer(http.server.ThreadingHTTPServer):
                               "token from; set PYRO_COMPUTE_HMAC_KEY (or _FILE), or bind to 127.0.0.1 "
                               "and reach it through an ssh tunnel")
         self.token = dashboard_token(secret) if needs_token(host) and secret else None
+        self.report_token = report_token(secret)
         self.run = run
+        self.runs = RunBoard(run)
+        self._connections: set[socket.socket] = set()  # open request sockets, closed by close()
+        self._handlers: set[threading.Thread] = set()
+        self._lock = threading.Lock()
         self.monitor = ClusterMonitor(settings, interval=interval)
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         super().__init__((host, port), _Handler)
-        self._thread = threading.Thread(target=self.serve_forever, name="dashboard-http", daemon=True)
+        # Named pool-*: a Pool serves its page in its own process (the leak check looks for them).
+        self._thread = threading.Thread(target=self.serve_forever, name="pool-dashboard-http", daemon=True)
 
     @property
     def url(self) -> str:
@@ -219,12 +260,34 @@ class DashboardServer(http.server.ThreadingHTTPServer):
         self._thread.start()
         return self
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Handle each connection in its own named thread, remembered so close() can end it."""
+        thread = threading.Thread(target=self.process_request_thread, args=(request, client_address),
+                                  name="pool-dashboard-request", daemon=True)
+        with self._lock:
+            self._connections.add(request)
+            self._handlers = {t for t in self._handlers if t.is_alive()} | {thread}
+        thread.start()
+
+    def shutdown_request(self, request: Any) -> None:
+        """Forget a finished connection, then close it."""
+        with self._lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
     def close(self) -> None:
-        """Stop serving and polling; safe to call more than once."""
+        """Stop serving and polling, and end open connections; safe to call more than once."""
         if self._thread.is_alive():
             self.shutdown()
             self._thread.join(timeout=10)
         self.server_close()
+        with self._lock:
+            connections, handlers = list(self._connections), list(self._handlers)
+        for conn in connections:  # a browser's idle keep-alive connection would hold its thread
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        for thread in handlers:
+            thread.join(timeout=5)
         self.monitor.close()
 
     def __enter__(self) -> DashboardServer:

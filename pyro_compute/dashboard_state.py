@@ -9,7 +9,11 @@ against the worker's own clock (its ``uptime``), so a slow probe does not distor
 from __future__ import annotations
 
 import collections
+import hashlib
+import hmac
 import logging
+import math
+import re
 import threading
 import time
 from typing import Any, Callable, Deque, Protocol
@@ -26,8 +30,21 @@ HISTORY = 600.0       # seconds of cluster throughput kept for the chart
 TASK_EVENTS = 5000    # task-stream events a run keeps (the oldest go first)
 PI_POINTS = 2000      # π estimates a run keeps (the oldest go first)
 
+TOKEN_LABEL = b"pyro-compute dashboard token v1"
+REPORT_LABEL = b"pyro-compute dashboard reports v1"
+
 Row = dict[str, Any]
 Snapshot = tuple[float, dict[str, Row]]  # (poll time, reachable rows by worker name)
+
+
+def dashboard_token(secret: bytes) -> str:
+    """The access token for ``secret``: an HMAC of a fixed label, so it reveals nothing of it."""
+    return hmac.new(secret, TOKEN_LABEL, hashlib.sha256).hexdigest()[:32]
+
+
+def report_token(secret: bytes | None) -> str:
+    """The token a pool's reports carry (header ``X-Pyro-Compute-Token``); derived like the page's."""
+    return hmac.new(secret or b"", REPORT_LABEL, hashlib.sha256).hexdigest()[:32]
 
 
 def _restarted(old: Row, new: Row) -> bool:
@@ -72,7 +89,7 @@ class ClusterMonitor:
         self._polled_at = 0.0
         self._snapshots: Deque[Snapshot] = collections.deque()
         self._series: Deque[Row] = collections.deque()
-        self._thread = threading.Thread(target=self._loop, name="dashboard-poll", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="pool-dashboard-poll", daemon=True)
 
     def start(self) -> ClusterMonitor:
         """Poll once now (so the first page load has data), then keep polling in the background."""
@@ -167,7 +184,9 @@ class DashboardRun:
     """A run's own view: what a pool or ``estimate_pi`` reports, for the page to show live.
 
     Every method is thread-safe and cheap (a lock and an append), so a pool may call them from its
-    dispatcher threads. Times are ``time.time()`` seconds.
+    dispatcher threads. Times are ``time.time()`` seconds. Two kinds of progress are kept apart:
+    the caller's own measure (``progress(done, total)``, e.g. samples of π) and the pool's task
+    counts (``progress(done, queued=..., running=...)``), so neither overwrites the other.
 
     Args:
         title: what the page calls this run, e.g. ``"pi, 4e9 samples, seed 7"``.
@@ -176,23 +195,29 @@ class DashboardRun:
     def __init__(self, title: str = "run") -> None:
         self.title = title
         self._lock = threading.Lock()
-        self._started = time.time()
-        self._progress: Row = {"done": 0, "total": None, "queued": None, "running": None}
+        self._started = self._updated = time.time()
+        self._progress: Row | None = None  # the caller's measure: done of total (None: open-ended)
+        self._counts: Row | None = None  # the pool's tasks: done, queued, running
         self._tasks: Deque[Row] = collections.deque(maxlen=TASK_EVENTS)
         self._task_count = 0
         self._pi: Deque[Row] = collections.deque(maxlen=PI_POINTS)
         self._finished: float | None = None
+        self._dropped = 0  # events a reporting client could not deliver
 
     def progress(self, done: int, total: int | None = None, *, queued: int | None = None,
                  running: int | None = None) -> None:
-        """Report ``done`` of ``total`` tasks (None: open-ended), and optionally queued/running."""
+        """Report ``done`` of ``total`` (None: unknown); with queued/running, the pool's task counts."""
         with self._lock:
-            self._progress = {"done": int(done), "total": None if total is None else int(total),
-                              "queued": queued, "running": running}
+            self._updated = time.time()
+            if queued is None and running is None:
+                self._progress = {"done": int(done), "total": None if total is None else int(total)}
+            else:
+                self._counts = {"done": int(done), "queued": queued, "running": running}
 
     def task(self, worker: str, start: float, end: float, label: str = "") -> None:
         """Report one finished task for the task stream: which worker ran it, from when to when."""
         with self._lock:
+            self._updated = time.time()
             self._tasks.append({"worker": str(worker), "start": float(start), "end": float(end),
                                 "label": str(label)})
             self._task_count += 1
@@ -200,18 +225,139 @@ class DashboardRun:
     def pi(self, estimate: float, low: float, high: float, samples: int) -> None:
         """Report the π estimate so far with its 95 % interval [low, high] after ``samples`` points."""
         with self._lock:
+            self._updated = time.time()
             self._pi.append({"estimate": float(estimate), "low": float(low), "high": float(high),
-                             "samples": int(samples), "t": time.time()})
+                             "samples": int(samples), "t": self._updated})
 
     def finish(self) -> None:
         """Mark the run as finished; the page stops calling it running."""
         with self._lock:
-            self._finished = time.time()
+            self._finished = self._updated = time.time()
+
+    def dropped(self, count: int) -> None:
+        """Record that a reporting client has dropped ``count`` events in all (it reports its total)."""
+        with self._lock:
+            self._dropped = max(self._dropped, int(count))
+
+    def times(self) -> tuple[float, float, float | None]:
+        """When the run started, when it last reported anything, and when it finished (or None)."""
+        with self._lock:
+            return self._started, self._updated, self._finished
 
     def snapshot(self, since: float | None = None) -> dict[str, Any]:
         """What ``/api/run`` serves; task events that ended before ``since`` are left out."""
         with self._lock:
             tasks = [t for t in self._tasks if since is None or t["end"] >= since]
             return {"title": self.title, "started": self._started, "finished": self._finished,
-                    "progress": dict(self._progress), "task_count": self._task_count,
-                    "tasks": tasks, "pi": list(self._pi)}
+                    "updated": self._updated, "progress": _copy(self._progress),
+                    "counts": _copy(self._counts), "task_count": self._task_count,
+                    "tasks": tasks, "pi": list(self._pi), "dropped": self._dropped}
+
+
+def _copy(row: Row | None) -> Row | None:
+    return None if row is None else dict(row)
+
+
+# -- runs reported over HTTP by pools in other processes -------------------------------------------
+
+MAX_RUNS = 20          # runs a standalone dashboard keeps (finished ones go first)
+MAX_EVENTS = 5000      # events one report may carry
+RUN_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
+TEXT = 200             # characters kept of a reported string
+
+
+def _num(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{what} must be a finite number, not {value!r}")
+    return float(value)
+
+
+def _count(value: Any, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{what} must be a non-negative integer or null, not {value!r}")
+    return value
+
+
+def _text(value: Any) -> str:
+    return str(value)[:TEXT] if isinstance(value, (str, int, float)) else ""
+
+
+def apply_event(run: DashboardRun, event: Any) -> None:
+    """Replay one reported event (a JSON list such as ``["task", worker, start, end, label]``) on ``run``.
+
+    Raises:
+        ValueError: the event is not one of task, progress, pi, finish with valid fields.
+    """
+    if not isinstance(event, list) or not event:
+        raise ValueError(f"an event must be a non-empty JSON list, not {event!r:.80}")
+    kind, fields = event[0], event[1:]
+    if kind == "task" and len(fields) == 4:
+        run.task(_text(fields[0]), _num(fields[1], "start"), _num(fields[2], "end"), _text(fields[3]))
+    elif kind == "progress" and len(fields) == 4:
+        done = _count(fields[0], "done")
+        total, queued, running = (_count(v, k) for v, k in zip(fields[1:], ("total", "queued", "running")))
+        run.progress(done or 0, total, queued=queued, running=running)
+    elif kind == "pi" and len(fields) == 4:
+        run.pi(_num(fields[0], "estimate"), _num(fields[1], "low"), _num(fields[2], "high"),
+               _count(fields[3], "samples") or 0)
+    elif kind == "finish" and not fields:
+        run.finish()
+    else:
+        raise ValueError(f"unknown event {event!r:.80}; expected task, progress, pi or finish")
+
+
+class RunBoard:
+    """The runs a dashboard shows: its own run, if any, and those other processes report to it.
+
+    Args:
+        own: the run of the process serving the page (``--dashboard``, ``Pool(dashboard=True)``).
+        limit: most reported runs kept; finished ones are forgotten first, then the quietest.
+    """
+
+    def __init__(self, own: DashboardRun | None = None, limit: int = MAX_RUNS) -> None:
+        self.own, self.limit = own, limit
+        self._lock = threading.Lock()
+        self._runs: dict[str, DashboardRun] = {}
+
+    def apply(self, report: Any) -> int:
+        """Replay one report (``{"run", "title", "events", "dropped"}``); return how many events it held.
+
+        Raises:
+            ValueError: the report is malformed; nothing of it is applied past the bad event.
+        """
+        if not isinstance(report, dict) or not isinstance(report.get("run"), str) \
+                or not RUN_ID.fullmatch(report["run"]):
+            raise ValueError("a report must be a JSON object with a 'run' id of 1-64 letters, digits, - or _")
+        events = report.get("events", [])
+        if not isinstance(events, list) or len(events) > MAX_EVENTS:
+            raise ValueError(f"'events' must be a list of at most {MAX_EVENTS} events")
+        run = self._run(report["run"], _text(report.get("title", "run")))
+        for event in events:
+            apply_event(run, event)
+        dropped = _count(report.get("dropped", 0), "dropped")
+        run.dropped(dropped or 0)
+        return len(events)
+
+    def _run(self, key: str, title: str) -> DashboardRun:
+        with self._lock:
+            run = self._runs.get(key)
+            if run is None:
+                while len(self._runs) >= self.limit:
+                    del self._runs[min(self._runs, key=lambda k: _staleness(self._runs[k]))]
+                run = self._runs[key] = DashboardRun(title or "run")
+            return run
+
+    def snapshots(self, since: float | None = None) -> list[dict[str, Any]]:
+        """Every run's snapshot, the own run first, then reported ones by start time."""
+        with self._lock:
+            reported = sorted(self._runs.items(), key=lambda kv: kv[1].times()[0])
+        own = [] if self.own is None else [{"id": "own", **self.own.snapshot(since)}]
+        return own + [{"id": key, **run.snapshot(since)} for key, run in reported]
+
+
+def _staleness(run: DashboardRun) -> tuple[bool, float]:
+    """Sort key of the run to forget first: finished before running, then the longest silent."""
+    _, updated, finished = run.times()
+    return finished is None, updated
