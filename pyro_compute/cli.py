@@ -17,6 +17,7 @@ import Pyro4.errors
 
 from . import __version__, cluster_cli, dashboard, slurm
 from .cluster import LocalCluster
+from .dashboard_client import RemoteRun
 from .config import NAME_PREFIX, Settings
 from .diagnose import connect_ns
 from .errors import ComputeError
@@ -24,6 +25,8 @@ from .montecarlo import estimate_pi
 from .pool import Pool
 from .status import cluster_status
 
+REPORT_HELP = ("report this run's tasks and progress to a running 'pyro-compute dashboard' at URL, "
+               "e.g. http://127.0.0.1:8787 (it must have the same PYRO_COMPUTE_HMAC_KEY)")
 COMMANDS = ("pi", "run", "status", "config", "dashboard", "cluster", "slurm")
 GLOBAL_FLAGS = ("-v", "--verbose", "-vv")
 DEFAULT_SAMPLES = 10**9
@@ -95,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_options(pi)
     pi.add_argument("--dashboard", nargs="?", const=0, type=int, metavar="PORT",
                     help="serve a live page of this run on 127.0.0.1:PORT (default: a free port)")
+    pi.add_argument("--dashboard-url", metavar="URL", help=REPORT_HELP)
 
     run = sub.add_parser("run", help="run a SCOOP-style script with its futures on the workers",
                          description="Run SCRIPT with 'from pyro_compute import futures' calls spread "
@@ -105,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dashboard", nargs="?", const=0, type=int, metavar="PORT",
                      help="serve a live page of this run's tasks on 127.0.0.1:PORT (default: a free "
                           "port); put it before the script, e.g. 'run --dashboard -- SCRIPT'")
+    run.add_argument("--dashboard-url", metavar="URL", help=REPORT_HELP)
     cluster_cli.add_hostfile_options(run)
 
     status = sub.add_parser("status", help="list the registered workers and what they do",
@@ -200,17 +205,20 @@ def _pool(args: argparse.Namespace, script: str | None = None,
 
 
 @contextlib.contextmanager
-def _run_view(args: argparse.Namespace, pool: Pool, title: str) -> Iterator[dashboard.DashboardRun | None]:
-    """The run's own dashboard when --dashboard was given, else None."""
-    view = None if args.dashboard is None else dashboard.DashboardRun(title)
-    with _serve_view(args, pool, view):
-        yield view
+def _view(args: argparse.Namespace, title: str) -> Iterator[dashboard.DashboardRun | None]:
+    """The run's own view: reported to a dashboard elsewhere (--dashboard-url), kept to be served
+    (--dashboard), or None."""
+    if args.dashboard_url:
+        with RemoteRun(args.dashboard_url, Settings.from_env(), title) as remote:
+            yield remote  # closed after the pool: the dashboard hears the last calls, then 'finished'
+    else:
+        yield None if args.dashboard is None else dashboard.DashboardRun(title)
 
 
 @contextlib.contextmanager
 def _serve_view(args: argparse.Namespace, pool: Pool, view: dashboard.DashboardRun | None) -> Iterator[None]:
     """Serve ``view`` beside ``pool``'s cluster on 127.0.0.1:``args.dashboard``; nothing if None."""
-    if view is None:
+    if view is None or args.dashboard is None:
         yield
         return
     with dashboard.serve_for_run(pool.settings, view, port=args.dashboard) as server:
@@ -240,7 +248,8 @@ def _by_value_wanted(settings: Settings, script: str) -> bool:
 def _cmd_pi(args: argparse.Namespace) -> int:
     seed = secrets.randbits(63) if args.seed is None else args.seed
     samples = args.samples or (DEFAULT_SAMPLES if args.tol is None else 1)
-    with _pool(args) as pool, _run_view(args, pool, f"pi, {samples:.3g} samples, seed {seed}") as view:
+    with _view(args, f"pi, {samples:.3g} samples, seed {seed}") as view, \
+            _pool(args, view=view) as pool, _serve_view(args, pool, view):
         est = estimate_pi(pool, samples, seed, args.tol, progress=sys.stderr.isatty(), reporter=view)
     if args.json:
         print(json.dumps({**dataclasses.asdict(est), "samples_per_second": est.samples_per_second}))
@@ -263,8 +272,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not os.path.isfile(script):
         print(f"pyro-compute: error: no such script: {args.script}", file=sys.stderr)
         return 2
-    view = None if args.dashboard is None else dashboard.DashboardRun(f"run {args.script}")
-    with _pool(args, script, view) as pool, _serve_view(args, pool, view):
+    with _view(args, f"run {args.script}") as view, _pool(args, script, view) as pool, \
+            _serve_view(args, pool, view):
         cluster_cli.run_script(pool, script, args.args)
     return 0
 

@@ -90,10 +90,25 @@ def test_run_reports_progress_tasks_and_pi() -> None:
     reporter.pi(3.15, 3.1, 3.2, 1000)
     run.finish()
     snap = run.snapshot(since=150.0)
-    assert snap["progress"] == {"done": 3, "total": 10, "queued": 5, "running": 2}
+    assert snap["counts"] == {"done": 3, "queued": 5, "running": 2} and snap["progress"] is None
     assert snap["tasks"] == [{"worker": "w2", "start": 200.0, "end": 201.5, "label": ""}]
     assert snap["task_count"] == 2 and snap["finished"] is not None
     assert snap["pi"][0]["low"] == 3.1 and snap["pi"][0]["samples"] == 1000
+
+
+def test_run_keeps_the_callers_progress_apart_from_the_pools_task_counts() -> None:
+    """estimate_pi reports samples of a total, its pool reports tasks: neither overwrites the other."""
+    run = DashboardRun("pi and its pool")
+    run.progress(4 * 10**6, 10**7)  # the caller: samples done of the total
+    run.progress(7, None, queued=2, running=3)  # the pool: tasks, total unknown
+    run.progress(5 * 10**6, 10**7)
+    snap = run.snapshot()
+    assert snap["progress"] == {"done": 5 * 10**6, "total": 10**7}
+    assert snap["counts"] == {"done": 7, "queued": 2, "running": 3}
+    open_ended = DashboardRun("a generator")
+    open_ended.progress(12, None)
+    assert open_ended.snapshot()["progress"] == {"done": 12, "total": None}
+    assert open_ended.snapshot()["counts"] is None
 
 
 def test_monitor_counts_exactly_the_samples_a_map_ran(cluster: LocalCluster) -> None:
@@ -346,7 +361,7 @@ def test_pi_dashboard_flag_serves_the_run(cluster: LocalCluster, capsys: pytest.
 
 def dashboard_threads() -> set[threading.Thread]:
     """Live threads of a dashboard server (not covered by the pool-thread leak check)."""
-    return {t for t in threading.enumerate() if t.name.startswith("dashboard-") and t.is_alive()}
+    return {t for t in threading.enumerate() if "dashboard" in t.name and t.is_alive()}
 
 
 def refused(url: str) -> bool:
@@ -372,13 +387,15 @@ def test_pool_dashboard_shows_tasks_of_real_workers_and_closes(
         code, headers, body = get(url, "/api/run")
         assert code == 200 and headers["Content-Type"] == "application/json"
         snap = json.loads(body)
-        assert snap["progress"]["done"] == n and snap["progress"]["total"] is None
-        assert snap["progress"]["queued"] == 0 and snap["progress"]["running"] == 0
+        assert snap["counts"] == {"done": n, "queued": 0, "running": 0} and snap["progress"] is None
         assert snap["task_count"] == n // 3  # one event per call of 3 tasks
         workers = {t["worker"] for t in snap["tasks"]}
         assert workers and workers <= set(cluster.registered())
         assert all(t["start"] <= t["end"] and "square" in t["label"] for t in snap["tasks"])
         assert snap["finished"] is None
+        started = {t.name for t in dashboard_threads() - before}
+        assert started >= {"pool-dashboard-http", "pool-dashboard-poll"}, started
+        assert all(name.startswith("pool-") for name in started), started
     finally:
         pool.shutdown()
     assert refused(url)
@@ -394,7 +411,7 @@ def test_pool_reports_to_a_run_it_is_given_without_serving(cluster: LocalCluster
         assert sum(pool.map(remote_tasks.square, range(20), chunksize=4, timeout=120)) == sum(
             i * i for i in range(20))
     snap = run.snapshot()
-    assert snap["progress"]["done"] == 20 and snap["task_count"] == 5
+    assert snap["counts"]["done"] == 20 and snap["task_count"] == 5
     assert {t["worker"] for t in snap["tasks"]} <= set(cluster.registered())
     with pytest.raises(TypeError, match="DashboardRun"):
         Pool(cluster=cluster, dashboard="yes")  # type: ignore[arg-type]
@@ -410,7 +427,7 @@ def test_cli_run_dashboard_prints_the_url_and_reports_the_script(
         "from pyro_compute import futures\n"
         "print('total', sum(futures.map(remote_tasks.square, range(12))))\n"
         "run = futures.default_pool().dashboard_run\n"
-        "print('done', run.snapshot()['progress']['done'], run.title)\n")
+        "print('done', run.snapshot()['counts']['done'], run.title)\n")
     assert cli.main(["run", "--dashboard", "--ns", cluster.ns, str(script)]) == 0
     out, err = capsys.readouterr()
     assert "total 506" in out and f"done 12 run {script}" in out

@@ -1,4 +1,4 @@
-// pyro-compute dashboard: polls /api/history and /api/run every second and redraws; no reloads.
+// pyro-compute dashboard: polls /api/history and /api/runs every second and redraws; no reloads.
 "use strict";
 
 const PREFIX = "pyro_compute.evaluator.";
@@ -127,26 +127,77 @@ function renderStream(tasks, now) {
   ctx.fillText("now", canvas.width - 30, canvas.height - 3);
 }
 
-function renderRun(run, now) {
-  $("run-view").hidden = !run;
-  if (!run) return;
-  const p = run.progress;
-  $("run-title").textContent = run.title;
-  $("run-state").textContent = run.finished ? "(finished)" : "(running)";
-  $("run-bar").style.width = p.total ? (100 * Math.min(1, p.done / p.total)).toFixed(1) + "%" : "100%";
-  const parts = ["done " + p.done + (p.total ? " of " + p.total : "")];
-  if (p.queued !== null) parts.push("queued " + p.queued);
-  if (p.running !== null) parts.push("running " + p.running);
-  parts.push(run.task_count + " tasks reported");
-  $("run-counts").textContent = parts.join(" · ");
-  if (run.pi.length) {
-    const last = run.pi[run.pi.length - 1];
-    $("pi-value").textContent = last.estimate.toFixed(8);
-    $("pi-interval").textContent = "95 % in [" + last.low.toFixed(8) + ", " + last.high.toFixed(8) + "] after " + si(last.samples, "samples");
-    piChart.setData([run.pi.map((q) => q.samples), run.pi.map((q) => q.estimate), run.pi.map((q) => q.low),
-                     run.pi.map((q) => q.high), run.pi.map(() => Math.PI)]);
+function count(n) {
+  return typeof n === "number" ? n.toLocaleString("en-US") : "–";
+}
+
+// One line of words for a run: its own measure of progress, then the pool's task counts.
+function runCounts(run, now) {
+  const parts = [], p = run.progress, c = run.counts;
+  if (p) parts.push("done " + count(p.done) + (p.total !== null ? " of " + count(p.total) +
+                    " (" + (100 * Math.min(1, p.done / Math.max(1, p.total))).toFixed(1) + " %)" : ""));
+  if (c) {
+    parts.push((p ? "tasks: " : "") + "done " + count(c.done));
+    if (c.queued !== null) parts.push("queued " + count(c.queued));
+    if (c.running !== null) parts.push("running " + count(c.running));
   }
-  renderStream(run.tasks, now);
+  if (!(p && p.total !== null) && !run.finished && (p || c)) parts.push("total unknown (input read as it goes)");
+  parts.push(count(run.task_count) + " calls reported");
+  return parts.join(" · ");
+}
+
+function renderRunRow(box, run, now) {
+  const div = document.createElement("div"), h = document.createElement("h3"), state = document.createElement("span");
+  div.className = "run";
+  div.dataset.id = run.id;
+  h.textContent = run.title + " ";
+  state.className = "state";
+  state.textContent = run.finished ? "(finished)" : "(running)";
+  h.append(state);
+  const bar = document.createElement("div"), fill = document.createElement("i");
+  const p = run.progress, known = p && p.total !== null;
+  bar.className = "progress" + (known || run.finished ? "" : " unknown");
+  fill.style.width = known ? (100 * Math.min(1, p.done / Math.max(1, p.total))).toFixed(1) + "%" : run.finished ? "100%" : "";
+  bar.append(fill);
+  const text = document.createElement("p");
+  text.className = "counts";
+  text.textContent = runCounts(run, now);
+  if (!run.finished && now - run.updated > 5) {
+    const stale = document.createElement("span");
+    stale.className = "stale";
+    stale.textContent = " · last report " + Math.round(now - run.updated) + " s ago";
+    text.append(stale);
+  }
+  if (run.dropped) {
+    const lost = document.createElement("span");
+    lost.className = "dropped";
+    lost.textContent = " · " + count(run.dropped) + " reports dropped on the way";
+    text.append(lost);
+  }
+  div.append(h, bar, text);
+  box.append(div);
+}
+
+function renderPi(runs) {
+  const withPi = runs.filter((r) => r.pi.length);
+  if (!withPi.length) return;
+  const run = withPi.find((r) => !r.finished) || withPi[withPi.length - 1], last = run.pi[run.pi.length - 1];
+  $("pi-value").textContent = last.estimate.toFixed(8);
+  $("pi-interval").textContent = "95 % in [" + last.low.toFixed(8) + ", " + last.high.toFixed(8) + "] after " + si(last.samples, "samples");
+  piChart.setData([run.pi.map((q) => q.samples), run.pi.map((q) => q.estimate), run.pi.map((q) => q.low),
+                   run.pi.map((q) => q.high), run.pi.map(() => Math.PI)]);
+}
+
+function renderRuns(runs, now) {
+  $("run-view").hidden = !runs.length;
+  if (!runs.length) return;
+  const box = $("runs");
+  box.replaceChildren();
+  for (const run of runs) renderRunRow(box, run, now);
+  $("run-count").textContent = "(" + runs.length + ")";
+  window.pcDash.runs = runs.map((r) => ({ id: r.id, title: r.title, counts: runCounts(r, now), finished: r.finished }));
+  renderPi(runs);
+  renderStream(runs.flatMap((r) => r.tasks), now);
 }
 
 async function getJSON(path) {
@@ -158,10 +209,10 @@ async function getJSON(path) {
 async function refresh() {
   try {
     const history = await getJSON("/api/history");
-    const run = await getJSON("/api/run?since=" + (history.now - STREAM_SECONDS));
+    const runs = await getJSON("/api/runs?since=" + (history.now - STREAM_SECONDS));
     renderWorkers(history.workers);
     renderThroughput(history.series);
-    renderRun(run, history.now);
+    renderRuns(runs.runs, history.now);
     $("error").hidden = !history.error;
     $("error").textContent = history.error || "";
     $("updated").textContent = "updated " + new Date(history.now * 1000).toLocaleTimeString();
@@ -175,5 +226,5 @@ async function refresh() {
 }
 
 // For tests and curious users: the charts and how many refreshes have landed.
-window.pcDash = { throughput, piChart, updates: 0, lanes: [] };
+window.pcDash = { throughput, piChart, updates: 0, lanes: [], runs: [] };
 refresh();
