@@ -284,8 +284,9 @@ def _text(value: Any) -> str:
     return str(value)[:TEXT] if isinstance(value, (str, int, float)) else ""
 
 
-def apply_event(run: DashboardRun, event: Any) -> None:
-    """Replay one reported event (a JSON list such as ``["task", worker, start, end, label]``) on ``run``.
+def parse_event(event: Any) -> Callable[[DashboardRun], None]:
+    """Check one reported event (a JSON list such as ``["task", worker, start, end, label]``);
+    return what replays it on a run.
 
     Raises:
         ValueError: the event is not one of task, progress, pi, finish with valid fields.
@@ -294,18 +295,20 @@ def apply_event(run: DashboardRun, event: Any) -> None:
         raise ValueError(f"an event must be a non-empty JSON list, not {event!r:.80}")
     kind, fields = event[0], event[1:]
     if kind == "task" and len(fields) == 4:
-        run.task(_text(fields[0]), _num(fields[1], "start"), _num(fields[2], "end"), _text(fields[3]))
-    elif kind == "progress" and len(fields) == 4:
-        done = _count(fields[0], "done")
-        total, queued, running = (_count(v, k) for v, k in zip(fields[1:], ("total", "queued", "running")))
-        run.progress(done or 0, total, queued=queued, running=running)
-    elif kind == "pi" and len(fields) == 4:
-        run.pi(_num(fields[0], "estimate"), _num(fields[1], "low"), _num(fields[2], "high"),
-               _count(fields[3], "samples") or 0)
-    elif kind == "finish" and not fields:
-        run.finish()
-    else:
-        raise ValueError(f"unknown event {event!r:.80}; expected task, progress, pi or finish")
+        worker, start, end, label = (_text(fields[0]), _num(fields[1], "start"), _num(fields[2], "end"),
+                                     _text(fields[3]))
+        return lambda run: run.task(worker, start, end, label)
+    if kind == "progress" and len(fields) == 4:
+        done, total, queued, running = (_count(v, k) for v, k in zip(
+            fields, ("done", "total", "queued", "running")))
+        return lambda run: run.progress(done or 0, total, queued=queued, running=running)
+    if kind == "pi" and len(fields) == 4:
+        estimate, low, high = (_num(v, k) for v, k in zip(fields, ("estimate", "low", "high")))
+        samples = _count(fields[3], "samples") or 0
+        return lambda run: run.pi(estimate, low, high, samples)
+    if kind == "finish" and not fields:
+        return DashboardRun.finish
+    raise ValueError(f"unknown event {event!r:.80}; expected task, progress, pi or finish")
 
 
 class RunBoard:
@@ -325,7 +328,7 @@ class RunBoard:
         """Replay one report (``{"run", "title", "events", "dropped"}``); return how many events it held.
 
         Raises:
-            ValueError: the report is malformed; nothing of it is applied past the bad event.
+            ValueError: the report is malformed; nothing of it is applied.
         """
         if not isinstance(report, dict) or not isinstance(report.get("run"), str) \
                 or not RUN_ID.fullmatch(report["run"]):
@@ -333,10 +336,11 @@ class RunBoard:
         events = report.get("events", [])
         if not isinstance(events, list) or len(events) > MAX_EVENTS:
             raise ValueError(f"'events' must be a list of at most {MAX_EVENTS} events")
-        run = self._run(report["run"], _text(report.get("title", "run")))
-        for event in events:
-            apply_event(run, event)
+        replays = [parse_event(event) for event in events]
         dropped = _count(report.get("dropped", 0), "dropped")
+        run = self._run(report["run"], _text(report.get("title", "run")))
+        for replay in replays:
+            replay(run)
         run.dropped(dropped or 0)
         return len(events)
 

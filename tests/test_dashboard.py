@@ -268,12 +268,10 @@ def run_pi(pool: Pool, run: DashboardRun, stop: threading.Event) -> None:
         results.close()
 
 
-def run_stream(pool: Pool, run: DashboardRun, names: dict[int, str], stop: threading.Event) -> None:
-    """Run short tasks and report which worker ran each one, from when to when."""
+def run_stream(pool: Pool, stop: threading.Event) -> None:
+    """Run short tasks; the pool reports which worker ran each one, from when to when."""
     while not stop.is_set():
-        start = time.time()
-        pid = pool.submit(remote_tasks.slow_pid, 0.05).result(timeout=60)
-        run.task(names.get(pid, f"pid {pid}"), start, time.time(), "slow_pid")
+        pool.submit(remote_tasks.slow_pid, 0.05).result(timeout=60)
 
 
 def page(drv: Any, script: str) -> Any:
@@ -285,7 +283,7 @@ def test_page_shows_workers_throughput_and_pi_live(cluster: LocalCluster, browse
                                                    tmp_path: Path) -> None:
     workers = {r["pid"]: r["name"] for r in cluster_status(cluster.settings) if r["reachable"]}
     stop, view = threading.Event(), DashboardRun("pi, browser test")
-    with serve_for_run(cluster.settings, view) as server, Pool(cluster=cluster) as pool:
+    with serve_for_run(cluster.settings, view) as server, Pool(cluster=cluster, dashboard=view) as pool:
         browser.get(server.url)
         wait_until("the page listing every worker", lambda: sorted(page(
             browser, "[...document.querySelectorAll('#workers tbody tr:not(.unreachable)')]"
@@ -298,7 +296,7 @@ def test_page_shows_workers_throughput_and_pi_live(cluster: LocalCluster, browse
         assert json.loads(get(server.url, "/api/history")[2])["polled_at"] > json.loads(polled[2])["polled_at"]
         chart_before = page(browser, "document.querySelector('#tp-chart canvas').toDataURL()")
         threads = [threading.Thread(target=run_pi, args=(pool, view, stop)),
-                   threading.Thread(target=run_stream, args=(pool, view, workers, stop))]
+                   threading.Thread(target=run_stream, args=(pool, stop))]
         for t in threads:
             t.start()
         try:
@@ -311,6 +309,9 @@ def test_page_shows_workers_throughput_and_pi_live(cluster: LocalCluster, browse
                 browser, "Math.max(0, ...window.pcDash.throughput.data[1].slice(-3))") > 0)
             lanes = wait_until("task stream lanes", lambda: page(browser, "window.pcDash.lanes"))
             assert set(lanes) <= set(workers.values()), lanes
+            counts = page(browser, "window.pcDash.runs[0].counts")
+            assert "total unknown" in counts and "tasks: done" in counts and "queued" in counts, counts
+            assert page(browser, "document.getElementById('pi-panel').hidden") is False
             wait_until("a worker shown busy", lambda: page(
                 browser, "document.querySelectorAll('#workers .state-busy').length") >= 1)
             shot = tmp_path / "dashboard.png"

@@ -180,6 +180,7 @@ function renderRunRow(box, run, now) {
 
 function renderPi(runs) {
   const withPi = runs.filter((r) => r.pi.length);
+  $("pi-panel").hidden = !withPi.length;
   if (!withPi.length) return;
   const run = withPi.find((r) => !r.finished) || withPi[withPi.length - 1], last = run.pi[run.pi.length - 1];
   $("pi-value").textContent = last.estimate.toFixed(8);
