@@ -2,17 +2,19 @@
 
 ::
 
-    browser ──GET /, /static/*──────────► DashboardServer (ThreadingHTTPServer, one thread)
-            ──GET /api/status, /api/history, /api/run (every second)
+    browser ──GET /, /static/*──────────► DashboardServer (ThreadingHTTPServer, a thread per connection)
+            ──GET /api/status, /api/history, /api/runs (every second)
                                               │ reads
-                        ClusterMonitor ◄──────┤        DashboardRun ◄── pool / estimate_pi
-                        (polls cluster_status │        (progress, task stream, π interval)
-                         once a second)
+                        ClusterMonitor ◄──────┤        RunBoard: own DashboardRun ◄── pool / estimate_pi
+                        (polls cluster_status │                  reported runs ◄──┐
+                         once a second)       │                                   │
+    pool elsewhere (RemoteRun) ──POST /api/report, X-Pyro-Compute-Token ──────────┘
 
 On 127.0.0.1 (or ::1, localhost) anyone on this machine may look (as with ``pyro-compute status``, which also
 needs the secret only through the environment). On any other address every request must carry a
 token derived from the shared secret (``?token=`` once, then an HttpOnly cookie); the secret
-itself is never sent.
+itself is never sent. Reports need their own token, derived from the secret under another label,
+on every interface: looking at the page does not let anyone write to it.
 """
 from __future__ import annotations
 
@@ -320,8 +322,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = subparsers.add_parser(
         "dashboard", help="serve a live web page of the workers and the cluster's throughput",
         description="Serve a page that shows every registered worker and the cluster's throughput, "
-                    "updated every second. On a remote cluster keep the default 127.0.0.1 and use "
-                    "'ssh -L 8787:127.0.0.1:8787 HOST', then open http://127.0.0.1:8787/.")
+                    "updated every second, and the task stream of the pools that report to it "
+                    "(Pool(dashboard=URL), 'pyro-compute pi/run --dashboard-url URL'). On a remote "
+                    "cluster keep the default 127.0.0.1 and use 'ssh -L 8787:127.0.0.1:8787 HOST', "
+                    "then open http://127.0.0.1:8787/.")
     p.add_argument("--ns", metavar="HOST:PORT", help="name server (default: $PYRO_COMPUTE_NS)")
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to bind (default 127.0.0.1; others require the printed token)")
@@ -339,7 +343,8 @@ def run(args: argparse.Namespace) -> int:
                           "choose another --port") from e
     with server:
         server.start()
-        print(f"dashboard: {server.url}  (Ctrl-C stops it)", flush=True)
+        print(f"dashboard: {server.url}  (Ctrl-C stops it; pools report here with "
+              f"--dashboard-url {server.url.split('?')[0]})", flush=True)
         try:
             threading.Event().wait()
         except KeyboardInterrupt:

@@ -56,7 +56,7 @@ def _endpoint(url: str) -> tuple[str, int, str]:
         port = -1
     if parts.scheme != "http" or not parts.hostname or port < 1:
         raise ConfigError(f"the dashboard address {url!r} is not of the form http://HOST:PORT/; give the "
-                          "address 'pyro-compute dashboard' printed, without its ?token=")
+                          "address 'pyro-compute dashboard' printed")
     return parts.hostname, port, parts.path.rstrip("/") + "/api/report"
 
 

@@ -27,6 +27,7 @@ from pyro_compute.config import Settings
 from pyro_compute.dashboard import DashboardServer
 from pyro_compute.dashboard_client import RemoteRun
 from pyro_compute.dashboard_state import RunBoard, dashboard_token, report_token
+from pyro_compute.errors import ConfigError
 from pyro_compute.pool import Pool
 from test_dashboard import ARTIFACTS, browser, get, page, wait_until
 
@@ -89,6 +90,18 @@ def test_reports_carry_a_derived_token_and_never_the_secret() -> None:
     assert report["title"] == "capture" and report["dropped"] == 0
     assert report["events"] == [["task", "w1", 1.0, 2.0, "square"], ["progress", 1, None, 0, 0]]
     assert remote.sent == 2
+
+
+def test_dashboard_addresses_are_read_as_printed() -> None:
+    settings = Settings.from_env({}, ns="127.0.0.1:9")
+    for url, where in (("127.0.0.1:8787", ("127.0.0.1", 8787, "/api/report")),
+                       ("http://10.0.0.5:9000/?token=abc", ("10.0.0.5", 9000, "/api/report")),
+                       ("http://[::1]:8787/behind/proxy/", ("::1", 8787, "/behind/proxy/api/report"))):
+        remote = RemoteRun(url, settings)  # not started: no thread
+        assert (remote.host, remote.port, remote.path) == where
+    for bad in ("https://127.0.0.1:8787", "http://:8787", "http://127.0.0.1:port"):
+        with pytest.raises(ConfigError, match="http://HOST:PORT"):
+            RemoteRun(bad, settings)
 
 
 def test_dashboard_takes_only_well_formed_reports_with_the_token(cluster: LocalCluster) -> None:

@@ -141,7 +141,7 @@ function runCounts(run, now) {
     if (c.queued !== null) parts.push("queued " + count(c.queued));
     if (c.running !== null) parts.push("running " + count(c.running));
   }
-  if (!(p && p.total !== null) && !run.finished && (p || c)) parts.push("total unknown (input read as it goes)");
+  if (!(p && p.total !== null) && !run.finished && (p || c)) parts.push("total unknown");
   parts.push(count(run.task_count) + " calls reported");
   return parts.join(" · ");
 }
