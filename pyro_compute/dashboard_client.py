@@ -133,12 +133,12 @@ class RemoteRun(DashboardRun):
     def task(self, worker: str, start: float, end: float, label: str = "") -> None:
         """As DashboardRun.task, and queued for the dashboard."""
         super().task(worker, start, end, label)
-        self._offer(["task", str(worker), float(start), float(end), str(label)])
+        self._offer(["task", str(worker), float(start), float(end), str(label)], start + end)
 
     def pi(self, estimate: float, low: float, high: float, samples: int) -> None:
         """As DashboardRun.pi, and queued for the dashboard."""
         super().pi(estimate, low, high, samples)
-        self._offer(["pi", float(estimate), float(low), float(high), int(samples)])
+        self._offer(["pi", float(estimate), float(low), float(high), int(samples)], estimate + low + high)
 
     def finish(self) -> None:
         """As DashboardRun.finish; the dashboard learns it with the last report."""
@@ -146,8 +146,9 @@ class RemoteRun(DashboardRun):
         with self._count_lock:
             self._latest["finish"] = ["finish"]
 
-    def _offer(self, event: list[Any]) -> None:
-        if not all(math.isfinite(v) for v in event if isinstance(v, float)):
+    def _offer(self, event: list[Any], check: float) -> None:
+        """Queue ``event`` unless the queue is full; ``check`` (a sum of its floats) must be finite."""
+        if not math.isfinite(check):  # plain JSON has no NaN or infinity
             self._lose(1)
         else:
             try:
