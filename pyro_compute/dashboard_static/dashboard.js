@@ -138,8 +138,9 @@ function runCounts(run, now) {
                     " (" + (100 * Math.min(1, p.done / Math.max(1, p.total))).toFixed(1) + " %)" : ""));
   if (c) {
     parts.push((p ? "tasks: " : "") + "done " + count(c.done));
-    if (c.queued !== null) parts.push("queued " + count(c.queued));
-    if (c.running !== null) parts.push("running " + count(c.running));
+    // A finished run's last counts may still hold tasks of a map abandoned half-way (cancelled).
+    if (c.queued !== null && !run.finished) parts.push("queued " + count(c.queued));
+    if (c.running !== null && !run.finished) parts.push("running " + count(c.running));
   }
   if (!(p && p.total !== null) && !run.finished && (p || c)) parts.push("total unknown");
   parts.push(count(run.task_count) + " calls reported");
