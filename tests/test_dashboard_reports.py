@@ -251,6 +251,8 @@ def test_page_shows_runs_reported_from_elsewhere(cluster: LocalCluster, browser:
         wait_until("the run shown finished", lambda: page(
             browser, "window.pcDash.runs.length && window.pcDash.runs[0].finished"))
         assert page(browser, "document.querySelectorAll('.run .progress.unknown').length") == 0
+        after = page(browser, "window.pcDash.runs[0].counts")  # the abandoned map's chunks were cancelled
+        assert after.startswith("done ") and "queued" not in after and "total unknown" not in after, after
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         assert not errors, f"the page logged errors: {errors}"
     ARTIFACTS.mkdir(exist_ok=True)
