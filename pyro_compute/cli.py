@@ -74,17 +74,8 @@ def _add_cluster_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="log what happens")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``pyro-compute`` command line."""
-    p = argparse.ArgumentParser(
-        prog="pyro-compute",
-        description="Spread Monte Carlo and other parallel Python work over Pyro4 compute workers.",
-        epilog="'pyro-compute [-n N] script.py ...' is short for 'pyro-compute run ...'.")
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument("-v", "--verbose", action="count", default=0, dest="global_verbose",
-                   help="log what happens (also accepted after the command)")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_pi_parser(sub: Any) -> None:
+    """Add ``pyro-compute pi``."""
     pi = sub.add_parser("pi", help="estimate π with the Numba kernel across the workers",
                         description="Estimate π by hit counting, spread over the workers. The "
                                     "answer depends only on --samples, --seed and --tol.")
@@ -99,6 +90,20 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--dashboard", nargs="?", const=0, type=int, metavar="PORT",
                     help="serve a live page of this run on 127.0.0.1:PORT (default: a free port)")
     pi.add_argument("--dashboard-url", metavar="URL", help=REPORT_HELP)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``pyro-compute`` command line."""
+    p = argparse.ArgumentParser(
+        prog="pyro-compute",
+        description="Spread Monte Carlo and other parallel Python work over Pyro4 compute workers.",
+        epilog="'pyro-compute [-n N] script.py ...' is short for 'pyro-compute run ...'.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, dest="global_verbose",
+                   help="log what happens (also accepted after the command)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _add_pi_parser(sub)
 
     run = sub.add_parser("run", help="run a SCOOP-style script with its futures on the workers",
                          description="Run SCRIPT with 'from pyro_compute import futures' calls spread "
