@@ -257,3 +257,22 @@ def test_page_shows_runs_reported_from_elsewhere(cluster: LocalCluster, browser:
         assert not errors, f"the page logged errors: {errors}"
     ARTIFACTS.mkdir(exist_ok=True)
     shutil.copy(shot, ARTIFACTS / "dashboard-reports.png")
+
+
+def test_cli_run_reports_a_script_to_the_standalone_dashboard(
+        cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from pyro_compute import cli
+
+    monkeypatch.setenv("PYRO_COMPUTE_HMAC_KEY", cluster.settings.hmac_key)
+    script = tmp_path / "tiny.py"
+    script.write_text("import remote_tasks\nfrom pyro_compute import futures\n"
+                      "print('total', sum(futures.map(remote_tasks.square, range(12))))\n")
+    with DashboardServer(cluster.settings, port=0).start() as server:
+        assert cli.main(["run", "--dashboard-url", server.url, "--ns", cluster.ns, str(script)]) == 0
+        [shown] = runs(server.url)
+    assert "total 506" in capsys.readouterr().out
+    assert shown["title"] == f"run {script}" and shown["finished"] is not None
+    assert shown["counts"]["done"] == 12 and shown["dropped"] == 0
+    assert cli.main(["pi", "--ns", cluster.ns, "--dashboard-url", "https://x:1"]) == 1
+    assert "http://HOST:PORT" in capsys.readouterr().err
