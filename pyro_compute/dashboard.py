@@ -2,13 +2,14 @@
 
 ::
 
-    browser ──GET /, /static/*──────────► DashboardServer (ThreadingHTTPServer, a thread per connection)
-            ──GET /api/status, /api/history, /api/runs (every second)
-                                              │ reads
-                        ClusterMonitor ◄──────┤        RunBoard: own DashboardRun ◄── pool / estimate_pi
-                        (polls cluster_status │                  reported runs ◄──┐
-                         once a second)       │                                   │
-    pool elsewhere (RemoteRun) ──POST /api/report, X-Pyro-Compute-Token ──────────┘
+    browser ──GET /, /static/*────────► DashboardServer (ThreadingHTTPServer,
+            ──GET /api/status,                 a thread per connection)
+                  /api/history, /api/runs         │ reads
+                  (every second)                  │
+            ClusterMonitor ◄──────────────────────┼────► RunBoard
+            (polls cluster_status once a second)  │      ├ own DashboardRun ◄── pool / estimate_pi
+                                                  │      └ reported runs (at most 20)
+    pool elsewhere (RemoteRun) ──POST /api/report, X-Pyro-Compute-Token ──► RunBoard
 
 On 127.0.0.1 (or ::1, localhost) anyone on this machine may look (as with ``pyro-compute status``, which also
 needs the secret only through the environment). On any other address every request must carry a

@@ -42,7 +42,9 @@ def cluster_status(settings: Settings) -> list[dict[str, Any]]:
     names = registered_workers(settings)
     if not names:
         return []
-    with concurrent.futures.ThreadPoolExecutor(min(32, len(names))) as probes:
+    # Named pool-*: a Pool's own dashboard polls from the pool's process (the leak check looks for them).
+    with concurrent.futures.ThreadPoolExecutor(min(32, len(names)),
+                                               thread_name_prefix="pool-status-probe") as probes:
         rows = probes.map(lambda item: _probe(settings, *item), sorted(names.items()))
         return list(rows)
 

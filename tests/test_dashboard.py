@@ -405,6 +405,19 @@ def test_pool_dashboard_shows_tasks_of_real_workers_and_closes(
     pool.shutdown()  # twice is harmless
 
 
+def test_status_probes_run_in_pool_named_threads(cluster: LocalCluster) -> None:
+    """The dashboard's poll probes workers from threads named pool-* (a pool's page polls in its process)."""
+    first: dict[int, str] = {}  # thread id -> name at its first call (later, exiting, it looks 'Dummy')
+    threading.setprofile(lambda *_: first.setdefault(threading.get_ident(), threading.current_thread().name))
+    try:
+        rows = cluster_status(cluster.settings)
+    finally:
+        threading.setprofile(None)  # type: ignore[arg-type]
+    assert len(rows) == len(cluster.registered())
+    names = set(first.values())
+    assert names and all(name.startswith("pool-status-probe") for name in names), names
+
+
 def test_pool_reports_to_a_run_it_is_given_without_serving(cluster: LocalCluster) -> None:
     run = DashboardRun("given")
     with Pool(cluster=cluster, dashboard=run) as pool:
