@@ -17,8 +17,8 @@ import Pyro4.errors
 
 from . import __version__, cluster_cli, dashboard, slurm
 from .cluster import LocalCluster
-from .dashboard_client import RemoteRun
 from .config import NAME_PREFIX, Settings
+from .dashboard_client import RemoteRun
 from .diagnose import connect_ns
 from .errors import ComputeError
 from .montecarlo import estimate_pi
@@ -211,8 +211,7 @@ def _pool(args: argparse.Namespace, script: str | None = None,
 
 @contextlib.contextmanager
 def _view(args: argparse.Namespace, title: str) -> Iterator[dashboard.DashboardRun | None]:
-    """The run's own view: reported to a dashboard elsewhere (--dashboard-url), kept to be served
-    (--dashboard), or None."""
+    """The run's own view: reported elsewhere (--dashboard-url), to be served (--dashboard), or None."""
     if args.dashboard_url:
         with RemoteRun(args.dashboard_url, Settings.from_env(), title) as remote:
             yield remote  # closed after the pool: the dashboard hears the last calls, then 'finished'
