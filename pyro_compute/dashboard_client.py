@@ -23,6 +23,7 @@ import os
 import queue
 import socket
 import threading
+import time
 import urllib.parse
 import uuid
 from typing import Any
@@ -112,7 +113,7 @@ class RemoteRun(DashboardRun):
             self.finish()
             self._closing.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=2 * self.timeout + 5)
+            self._thread.join(timeout=3 * self.timeout + 5)
 
     def __enter__(self) -> RemoteRun:
         return self.start()
@@ -128,7 +129,8 @@ class RemoteRun(DashboardRun):
         super().progress(done, total, queued=queued, running=running)
         kind = "caller" if queued is None and running is None else "counts"
         with self._count_lock:
-            self._latest[kind] = ["progress", int(done), total, queued, running]
+            self._latest[kind] = ["progress", int(done), *(None if v is None else int(v)
+                                                           for v in (total, queued, running))]
 
     def task(self, worker: str, start: float, end: float, label: str = "") -> None:
         """As DashboardRun.task, and queued for the dashboard."""
@@ -173,7 +175,12 @@ class RemoteRun(DashboardRun):
             delay = self.interval if ok else min(MAX_BACKOFF, max(2 * delay, 1.0))
 
     def _send_all(self, closing: bool) -> bool:
-        """Send the queued events in batches; False after a failed request (its events are lost)."""
+        """Send the queued events in batches; False after a failed request (its events are lost).
+
+        On closing, batches go out until the queue is empty or ``timeout`` has passed; then what
+        is left is dropped, and the newest progress and the finish mark are sent in a last request.
+        """
+        deadline = time.monotonic() + self.timeout
         while True:
             batch, latest = self._take()
             if not batch and not latest:
@@ -183,8 +190,20 @@ class RemoteRun(DashboardRun):
                     for kind, event in latest.items():
                         self._latest.setdefault(kind, event)
                 return False
-            if self._events.empty() or not closing and len(batch) < BATCH:
+            if not closing and len(batch) < BATCH or not batch:
                 return True
+            if closing and time.monotonic() > deadline:  # the rest is lost; the finish mark goes next
+                self._lose(self._drop_queued())
+
+    def _drop_queued(self) -> int:
+        """Empty the queue; return how many events it held."""
+        n = 0
+        while True:
+            try:
+                self._events.get_nowait()
+            except queue.Empty:
+                return n
+            n += 1
 
     def _take(self) -> tuple[list[list[Any]], dict[str, list[Any]]]:
         """Up to BATCH queued events and, once the queue is drained, the newest progress and finish."""

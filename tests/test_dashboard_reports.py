@@ -162,6 +162,19 @@ def test_a_pool_reports_a_generator_map_to_a_standalone_dashboard(cluster: Local
     assert remote.lost == 0 and remote.failures == 0
 
 
+def test_close_sends_the_backlog_in_batches_then_the_finish_mark(cluster: LocalCluster) -> None:
+    with DashboardServer(cluster.settings, port=0).start() as server:
+        remote = RemoteRun(server.url, cluster.settings, "backlog", interval=3600, timeout=20).start()
+        for i in range(7000):  # several batches, none sent before close()
+            remote.task(f"w{i % 3}", float(i), i + 0.5, "f")
+        remote.progress(7000, None, queued=0, running=0)
+        remote.close()
+        [shown] = runs(server.url)
+    assert remote.sent == 7000 + 2 and remote.lost == 0 and remote.failures == 0
+    assert shown["task_count"] == 7000 and shown["finished"] is not None
+    assert shown["counts"] == {"done": 7000, "queued": 0, "running": 0}
+
+
 def test_a_dead_dashboard_costs_the_reports_only(hung: str) -> None:
     """Nothing listening: every event is dropped and counted; reporting stays an append."""
     with socket.socket() as probe:
