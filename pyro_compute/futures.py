@@ -54,6 +54,8 @@ def _pool_in_task(host: taskctx.Host, run: str) -> Pool:
         sched.shared_version = 1
         atexit.register(pool.shutdown, wait=False)
         taskctx.add_scheduler(sched)
+    if taskctx.relay_nested_output(run):  # the client shows what tasks print: nested ones' too
+        pool._scheduler.show_output = True
     return pool
 
 

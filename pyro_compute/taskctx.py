@@ -51,6 +51,8 @@ _local = threading.local()
 _shared_lock = threading.Lock()
 _streams_installed = False
 _schedulers: list[Any] = []  # Schedulers of this process's pools whose queued chunks tasks may run
+_relay_lock = threading.Lock()
+_relayed: dict[str, list[list[str]]] = {}  # per run: output of its nested tasks that ran on other workers
 
 
 def install(new: Host) -> None:
@@ -171,10 +173,14 @@ class _Stream(io.TextIOBase):
     def write(self, text: str) -> int:
         """Keep ``text`` for the client if a task of this thread writes it, else pass it on."""
         out: list[list[str]] | None = getattr(_local, "output", None)
-        if out is None:
+        if out is not None:
+            _keep(out, self.label, text)
+            return len(text)
+        run = _relay_run()
+        if run is None:
             return int(self.original.write(text))
-        if sum(len(t) for _, t in out) < MAX_OUTPUT:
-            out.append([self.label, text])
+        with _relay_lock:  # nested tasks' output, already prefixed by the worker that ran them
+            _keep(_relayed.setdefault(run, []), self.label, text)
         return len(text)
 
     def flush(self) -> None:
@@ -187,6 +193,33 @@ class _Stream(io.TextIOBase):
     @property
     def encoding(self) -> str:  # type: ignore[override]
         return str(getattr(self.original, "encoding", "utf-8"))
+
+
+def _keep(out: list[list[str]], label: str, text: str) -> None:
+    if sum(len(t) for _, t in out) < MAX_OUTPUT:
+        out.append([label, text])
+
+
+def _relay_run() -> str | None:
+    """The run of the in-task pool whose dispatcher thread this is (it prints its tasks' output), or None."""
+    me = threading.current_thread()
+    if not me.name.startswith("pool-"):
+        return None
+    for scheduler in list(_schedulers):
+        for link in list(scheduler.links.values()):
+            if any(d.thread is me for d in link.dispatchers):
+                return str(scheduler.run_id)
+    return None
+
+
+def relay_nested_output(run: str) -> bool:
+    """In a task whose batch sends its output back: let that reply also carry what tasks it
+    starts in run ``run`` print on other workers. True if the batch sends its output back."""
+    runs: set[str] | None = getattr(_local, "output_runs", None)
+    if runs is None:
+        return False
+    runs.add(run)
+    return True
 
 
 def _install_streams() -> None:
@@ -206,15 +239,23 @@ def _install_streams() -> None:
 
 @contextlib.contextmanager
 def capture(enabled: bool) -> Iterator[list[list[str]]]:
-    """Collect what this thread's tasks print (``[stream, text]`` pairs) while the block runs."""
+    """Collect what this thread's tasks print (``[stream, text]`` pairs) while the block runs.
+
+    Output of nested tasks that ran on other workers reaches this process's in-task pools
+    (prefixed there by the worker that ran them); it leaves with the next reply of their run.
+    """
     out: list[list[str]] = []
     if not enabled or getattr(_local, "output", None) is not None:  # nested: the outer batch keeps it
         yield out
         return
     _install_streams()
-    _local.output = out
+    _local.output, _local.output_runs = out, set()
     try:
         yield out
     finally:
-        _local.output = None
+        runs, _local.output, _local.output_runs = _local.output_runs, None, None
+        with _relay_lock:  # what nested tasks of these runs printed on other workers, relayed
+            for run in runs:
+                for label, text in _relayed.pop(run, []):
+                    _keep(out, label, text)
 
