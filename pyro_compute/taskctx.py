@@ -35,6 +35,8 @@ class Host:
     run_inline: Callable[[Any, str], None]  # runs a Chunk of a run here and resolves it
     by_value: bool
     shared: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # (task reference, by-value code or None) -> the callable, as the worker resolves a task's function
+    resolve: Callable[[str, Any], Callable[..., Any]] | None = None
 
 
 @dataclasses.dataclass
@@ -99,13 +101,71 @@ def set_shared(run: str, constants: dict[str, Any]) -> None:
         host.shared.setdefault(run, {}).update(constants)
 
 
+FUNCTION = "__pyro_compute_function__"  # a constant that is a function: {FUNCTION: reference, "code": bytes|None}
+OBJECT = "__pyro_compute_object__"  # a constant the wire cannot carry, by value: {OBJECT: cloudpickled bytes}
+
+
 def get_shared(run: str, name: str) -> tuple[bool, Any]:
-    """``(True, value)`` of constant ``name`` of pool ``run`` here, else ``(False, None)``."""
+    """``(True, value)`` of constant ``name`` of pool ``run`` here, else ``(False, None)``.
+
+    A function or a by-value object among the constants is rebuilt here on first read.
+
+    Raises:
+        KernelError: the constant names a function this worker may not call, or is an object
+            sent by value to a worker without --allow-by-value.
+    """
     if host is None:
         return False, None
     with _shared_lock:
         table = host.shared.get(run, {})
-        return (name in table), table.get(name)
+        found, value = (name in table), table.get(name)
+    if isinstance(value, dict) and (FUNCTION in value or OBJECT in value):
+        key = (run, name)
+        with _shared_lock:
+            if key not in _rebuilt:
+                _rebuilt[key] = _rebuild(value)
+            return True, _rebuilt[key]
+    return found, value
+
+
+_rebuilt: dict[tuple[str, str], Any] = {}  # constants rebuilt from their wire form, per (run, name)
+
+
+def _rebuild(value: dict[str, Any]) -> Any:
+    """A constant's function or object from its wire form (see FUNCTION and OBJECT)."""
+    assert host is not None
+    code = value.get("code")
+    if FUNCTION in value:
+        resolve = host.resolve or _evaluator_resolve()
+        return resolve(str(value[FUNCTION]), code)
+    if not host.by_value:
+        from .errors import KernelError
+        raise KernelError("a shared constant was sent by value, but this worker does not accept "
+                          "objects by value; start it with --allow-by-value and an HMAC secret, or "
+                          "make the constant plain data")
+    import cloudpickle  # only workers that opted in need it
+    return cloudpickle.loads(_raw_bytes(value[OBJECT]))
+
+
+def _evaluator_resolve() -> Callable[[str, Any], Callable[..., Any]]:
+    """Resolve a task's function as the Evaluator that installed the host does (until it passes ``resolve``)."""
+    assert host is not None
+    evaluator = getattr(host.run_inline, "__self__")
+    def resolve(ref: str, code: Any) -> Callable[..., Any]:
+        if code is None:
+            return evaluator._task(ref)  # type: ignore[no-any-return]
+        return evaluator._resolver.load(_raw_bytes(code))  # type: ignore[no-any-return]
+    return resolve
+
+
+def _raw_bytes(data: Any) -> bytes:
+    """Bytes as sent: serpent wraps them in a base64 dict, marshal does not."""
+    if isinstance(data, dict):
+        import serpent
+        data = serpent.tobytes(data)
+    if not isinstance(data, bytes):
+        raise TypeError(f"a by-value constant must be bytes, not {type(data).__name__}")
+    return data
 
 
 def add_scheduler(scheduler: Any) -> None:
