@@ -119,12 +119,12 @@ def test_constants_example_through_the_launcher() -> None:
 
 
 def test_rest_of_scoop_surface() -> None:
-    """mapScan in input order, SIZE, IS_ORIGIN, worker names, wait(timeout=-1), unknown options."""
+    """mapScan in input order, SIZE, IS_ORIGIN, worker names, wait(timeout=-1), keywords to every call."""
     out = launch(EXAMPLES / "surface.py").splitlines()
     assert out[0] == "mapScan 01234567891011 True"
     assert out[1] == "size 2 True origin"
     assert out[2] in ("workers 1 True", "workers 2 True")  # both usually; one is legal on a slow box
-    assert out[3:] == ["wait 5 0 [0, 1, 4, 9, 16]", "refused True"]
+    assert out[3:] == ["wait 5 0 [0, 1, 4, 9, 16]", "keywords [0, 1, 8, 27] 27", "refused True"]
 
 
 def test_task_output_reaches_the_client_prefixed_by_worker() -> None:
