@@ -119,13 +119,15 @@ def get_shared(run: str, name: str) -> tuple[bool, Any]:
     with _shared_lock:
         table = host.shared.get(run, {})
         found, value = (name in table), table.get(name)
-    if isinstance(value, dict) and (FUNCTION in value or OBJECT in value):
-        key = (run, name)
-        with _shared_lock:
-            if key not in _rebuilt:
-                _rebuilt[key] = _rebuild(value)
+    if not (isinstance(value, dict) and (FUNCTION in value or OBJECT in value)):
+        return found, value
+    key = (run, name)
+    with _shared_lock:
+        if key in _rebuilt:
             return True, _rebuilt[key]
-    return found, value
+    rebuilt = _rebuild(value)  # outside the lock: loading the script may read constants
+    with _shared_lock:
+        return True, _rebuilt.setdefault(key, rebuilt)
 
 
 _rebuilt: dict[tuple[str, str], Any] = {}  # constants rebuilt from their wire form, per (run, name)
@@ -151,6 +153,7 @@ def _evaluator_resolve() -> Callable[[str, Any], Callable[..., Any]]:
     """Resolve a task's function as the Evaluator that installed the host does (until it passes ``resolve``)."""
     assert host is not None
     evaluator = getattr(host.run_inline, "__self__")
+
     def resolve(ref: str, code: Any) -> Callable[..., Any]:
         if code is None:
             return evaluator._task(ref)  # type: ignore[no-any-return]
