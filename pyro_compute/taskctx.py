@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 MAX_OUTPUT = 1 << 20  # characters of output one batch sends back; the rest is dropped
+MAX_RELAYED_RUNS = 64  # runs whose nested tasks' output a worker keeps until a reply carries it
 POLL = 0.02  # seconds a waiting task sleeps with its worker released before looking for work again
 
 
@@ -243,6 +244,8 @@ class _Stream(io.TextIOBase):
         if run is None:
             return int(self.original.write(text))
         with _relay_lock:  # nested tasks' output, already prefixed by the worker that ran them
+            if run not in _relayed and len(_relayed) >= MAX_RELAYED_RUNS:
+                del _relayed[next(iter(_relayed))]  # a run long gone left output nobody collected
             _keep(_relayed.setdefault(run, []), self.label, text)
         return len(text)
 
