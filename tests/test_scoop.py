@@ -269,3 +269,30 @@ def test_shared_cluster_refuses_object_constants_saying_what_to_do() -> None:
             assert list(futures.map("scoop_tasks:call_const", ["power"] * 3, [2] * 3, [1, 2, 3])) == [2, 4, 8]
         finally:
             futures.set_default_pool(None)
+
+
+NESTED_COMPLETION = '''
+import operator
+from pyro_compute import futures
+
+
+def square(x):
+    return x * x
+
+
+def parent(n):
+    return sum(futures.map_as_completed(square, range(n))), futures.mapReduce(square, operator.add, range(n))
+
+
+if __name__ == "__main__":
+    print(list(futures.map(parent, [20, 30, 40, 50], chunksize=1)))
+'''
+
+
+def test_map_as_completed_and_map_reduce_inside_tasks_do_not_deadlock(tmp_path: Path) -> None:
+    """Every worker runs a parent that waits on map_as_completed and mapReduce of its own children:
+    the waits lend the workers to the children (SCOOP's test_map_as_completed, run as a task)."""
+    script = tmp_path / "nested_completion.py"
+    script.write_text(NESTED_COMPLETION)
+    expected = [(s, s) for s in (sum(i * i for i in range(n)) for n in (20, 30, 40, 50))]
+    assert launch(script, timeout=120).strip() == repr(expected)
