@@ -6,6 +6,7 @@ The default pool connects to ``PYRO_COMPUTE_NS`` (or the cluster the launcher
 from __future__ import annotations
 
 import atexit
+import functools
 import itertools
 import threading
 import time
@@ -54,6 +55,8 @@ def _pool_in_task(host: taskctx.Host, run: str) -> Pool:
         sched.shared_version = 1
         atexit.register(pool.shutdown, wait=False)
         taskctx.add_scheduler(sched)
+    if taskctx.relay_nested_output(run):  # the client shows what tasks print: nested ones' too
+        pool._scheduler.show_output = True
     return pool
 
 
@@ -67,14 +70,8 @@ def set_default_pool(pool: Pool | None) -> None:
 MAP_OPTIONS = ("timeout", "chunksize", "seed", "progress")
 
 
-def _seeded(kwargs: dict[str, Any], what: str = "map") -> dict[str, Any]:
-    """Refuse unknown options; inside a seeded task, derive a seed for a nested call without one."""
-    unknown = sorted(set(kwargs) - set(MAP_OPTIONS)) if what != "submit" else []
-    if unknown:
-        raise TypeError(f"futures.{what} got keyword argument(s) {', '.join(unknown)}, which are not "
-                        f"its options ({', '.join(MAP_OPTIONS)}); SCOOP would pass them to every "
-                        "call of the function, which pyro_compute does not do silently: bind them "
-                        "with functools.partial(func, name=value)")
+def _seeded(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Inside a seeded task, derive a seed for a nested call that names none."""
     if kwargs.get("seed") is None:
         seed = taskctx.next_seed()
         if seed is not None:
@@ -82,20 +79,56 @@ def _seeded(kwargs: dict[str, Any], what: str = "map") -> dict[str, Any]:
     return kwargs
 
 
+def _bound(func: Callable[..., Any] | str, kwargs: dict[str, Any], what: str) -> Callable[..., Any] | str:
+    """``func`` with the keyword arguments that are no map options bound, as SCOOP passes them to every call.
+
+    Raises:
+        TypeError: such keywords are given with a kernel name, which takes none.
+    """
+    extra = {name: kwargs.pop(name) for name in list(kwargs) if name not in MAP_OPTIONS}
+    if not extra:
+        return func
+    if isinstance(func, str):
+        raise TypeError(f"futures.{what} got keyword argument(s) {', '.join(sorted(extra))}, which are "
+                        f"not its options ({', '.join(MAP_OPTIONS)}); they would go to every call of "
+                        f"{func!r}, but a kernel named by a string takes no extra keywords")
+    return functools.partial(func, **extra)
+
+
 def map(func: Callable[..., Any] | str, *iterables: Iterable[Any], **kwargs: Any) -> Iterator[Any]:  # noqa: A001
-    """Apply ``func`` to the zipped iterables on the workers; results in input order (lazy)."""
-    return default_pool().map(func, *iterables, **_seeded(kwargs, "map"))
+    """Apply ``func`` to the zipped iterables on the workers; results in input order (lazy).
+
+    Keyword arguments other than ``timeout``, ``chunksize``, ``seed`` and ``progress`` go to
+    every call of ``func``, as in SCOOP.
+    """
+    func = _bound(func, kwargs, "map")
+    return default_pool().map(func, *iterables, **_seeded(kwargs))
 
 
 def map_as_completed(func: Callable[..., Any] | str, *iterables: Iterable[Any], **kwargs: Any) -> Iterator[Any]:
-    """Like ``map``, yielding each result as soon as it is ready."""
-    return default_pool().map_as_completed(func, *iterables, **_seeded(kwargs, "map_as_completed"))
+    """Like ``map``, yielding each result as soon as it is ready.
+
+    Inside a task the results come in input order: waiting for them in order lends the task's
+    worker to other tasks (the pool's completion-order wait would hold it: no deadlock).
+    """
+    func = _bound(func, kwargs, "map_as_completed")
+    if taskctx.in_task():
+        return default_pool().map(func, *iterables, **_seeded(kwargs))
+    return default_pool().map_as_completed(func, *iterables, **_seeded(kwargs))
 
 
 def mapReduce(mapFunc: Callable[..., Any] | str, reductionOp: Callable[[Any, Any], Any],  # noqa: N802,N803
               *iterables: Iterable[Any], **kwargs: Any) -> Any:
-    """Map on the workers and fold the results with ``reductionOp`` as they arrive."""
-    return default_pool().map_reduce(mapFunc, reductionOp, *iterables, **_seeded(kwargs, "mapReduce"))
+    """Map on the workers and fold the results with ``reductionOp`` as they arrive (in a task: in
+    input order, see ``map_as_completed``).
+
+    Raises:
+        TypeError: the input was empty.
+    """
+    mapFunc = _bound(mapFunc, kwargs, "mapReduce")
+    if taskctx.in_task():
+        return functools.reduce(reductionOp, default_pool().map(mapFunc, *iterables, **_seeded(kwargs)))
+    return default_pool().map_reduce(mapFunc, reductionOp, *iterables, **_seeded(kwargs))
 
 
 def mapScan(mapFunc: Callable[..., Any] | str, reductionOp: Callable[[Any, Any], Any],  # noqa: N802,N803
@@ -105,7 +138,8 @@ def mapScan(mapFunc: Callable[..., Any] | str, reductionOp: Callable[[Any, Any],
     Unlike SCOOP's, the prefixes follow the input order, so a non-commutative ``reductionOp``
     gives the same list as ``itertools.accumulate(map(mapFunc, *iterables), reductionOp)``.
     """
-    results = default_pool().map(mapFunc, *iterables, **_seeded(kwargs, "mapScan"))
+    mapFunc = _bound(mapFunc, kwargs, "mapScan")
+    results = default_pool().map(mapFunc, *iterables, **_seeded(kwargs))
     return list(itertools.accumulate(results, reductionOp))
 
 
@@ -134,7 +168,7 @@ def submit(func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> Future[
 
     Inside a task that got a seed, ``func`` gets keyword ``seed`` derived from it.
     """
-    return default_pool().submit(func, *args, **_seeded(kwargs, "submit"))
+    return default_pool().submit(func, *args, **_seeded(kwargs))
 
 
 def as_completed(fs: Iterable[Future[Any]], timeout: float | None = None) -> Iterator[Future[Any]]:

@@ -336,3 +336,45 @@ def _options(ref: str, text: str) -> dict[str, Any]:
     if "kwargs" in options and not all(isinstance(k, str) for k in options["kwargs"]):
         raise KernelError("the keyword arguments of a partial must have string names")
     return options
+
+
+def _class_name(kind: type) -> str:
+    """``Point (a class of your script)`` or ``module.Class``."""
+    if kind.__module__ in (MAIN, SCRIPT_MODULE):
+        return f"{kind.__qualname__} (a class of your script)"
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def object_result_refusal(value: Any) -> str:
+    """Why a task's result that is an object (not plain data) does not come back, and what to do.
+
+    Results are refused by design: a client rebuilds only plain data and numpy from the wire,
+    because decoding pickle would let whoever answers in a worker's name run code in the client.
+    """
+    return (f"it is an object of class {_class_name(type(value))}, and results come back as plain "
+            "data only, never pickled: a pyro_compute client decodes no pickle from the network, "
+            "since whoever answers in a worker's name could run code in the client with it. Return "
+            "the object's data instead (a tuple, a dict such as vars(obj), a list or a numpy array) "
+            "and rebuild the object in the client")
+
+
+def first_object(value: Any, depth: int = 8) -> Any:
+    """The first object in ``value`` that is no plain data (builtin scalars and containers, numpy), or None."""
+    kind = type(value)
+    if kind in (list, tuple, set, frozenset) and depth > 0:
+        return next((o for o in map(functools.partial(first_object, depth=depth - 1), value) if o is not None), None)
+    if kind is dict and depth > 0:
+        return first_object([*value.keys(), *value.values()], depth - 1)
+    if kind.__module__ in ("builtins", "numpy") or kind.__module__.startswith("numpy."):
+        return None
+    return value
+
+
+def object_argument_refusal(args: Any) -> str:
+    """Why arguments holding an object (not plain data) cannot go to workers that take no code by value."""
+    value = first_object(args)
+    return (f"an argument is an object of class {_class_name(type(value))}; objects cross the wire "
+            "only by value (pickled), from a pool with by_value=True to workers started with "
+            "--allow-by-value. Pass its data instead (numbers, strings, lists, dicts, numpy arrays), "
+            "or send it by value: 'python -m pyro_compute script.py' does on its own cluster; on a "
+            "shared cluster start the workers with --allow-by-value and use Pool(by_value=True)")

@@ -1,8 +1,10 @@
 """SCOOP's ``shared`` module: constants set once by the client and read by tasks on any worker.
 
 ``setConst`` stores them in the default pool, which pushes them to each worker once, before that
-worker's next chunk (a worker that joins later gets them with its first). Values travel as plain
-data (numbers, strings, lists, dicts, numpy arrays), like task arguments.
+worker's next chunk (a worker that joins later gets them with its first). Values travel like task
+arguments and functions: plain data (numbers, strings, lists, dicts, numpy arrays) as it is, a
+function by reference (by value in by-value pools, where a worker needs it), and other objects
+(of classes defined in the script) by value, to workers that accept it.
 """
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import time
 from typing import Any
 
 from . import futures, taskctx
+from .pool import Pool
+from .wire import foreign
 
 __all__ = ["setConst", "getConst"]
 
@@ -33,7 +37,34 @@ def setConst(**constants: Any) -> None:  # noqa: N802
     if again:
         raise TypeError(f"the constant(s) {', '.join(again)} were set already; a constant is set "
                         "once: give the new value another name")
-    sched.set_shared(constants)
+    wire = {name: _wire_form(pool, name, value) for name, value in constants.items()}
+    with sched.lock:
+        _originals.setdefault(sched.run_id, {}).update(constants)
+    sched.set_shared(wire)
+
+
+_originals: dict[str, dict[str, Any]] = {}  # per pool run: the constants as the client set them
+
+
+def _wire_form(pool: Pool, name: str, value: Any) -> Any:
+    """How constant ``name`` travels: plain data as it is, a function as a task does, else by value.
+
+    Raises:
+        TypeError: the value is no plain data and this pool does not send objects by value.
+    """
+    if not foreign(value):
+        return value
+    if callable(value) and not isinstance(value, type):
+        ref, code = pool._task_of(value)  # as a task's function goes; TypeError if it cannot
+        return {taskctx.FUNCTION: ref, "code": code}
+    if not pool.by_value:
+        raise TypeError(f"the constant {name} is a {type(value).__module__}.{type(value).__qualname__}, "
+                        "which is no plain data (numbers, strings, lists, tuples, dicts, sets, numpy "
+                        "arrays); make it plain data, or send it by value: 'python -m pyro_compute "
+                        "script.py' does on its own cluster; on a shared cluster use "
+                        "Pool(by_value=True) and workers started with --allow-by-value")
+    import cloudpickle  # only by-value pools need it
+    return {taskctx.OBJECT: cloudpickle.dumps(value), "code": None}
 
 
 def getConst(name: str, timeout: float = 0.1) -> Any:  # noqa: N802
@@ -57,4 +88,5 @@ def _lookup(name: str) -> tuple[bool, Any]:
         return taskctx.get_shared(run, name)
     sched = futures.default_pool()._scheduler
     with sched.lock:
-        return (name in sched.shared), sched.shared.get(name)
+        table = _originals.get(sched.run_id, {})
+        return (name in table), table.get(name)

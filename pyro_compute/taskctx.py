@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 MAX_OUTPUT = 1 << 20  # characters of output one batch sends back; the rest is dropped
+MAX_RELAYED_RUNS = 64  # runs whose nested tasks' output a worker keeps until a reply carries it
 POLL = 0.02  # seconds a waiting task sleeps with its worker released before looking for work again
 
 
@@ -35,6 +36,8 @@ class Host:
     run_inline: Callable[[Any, str], None]  # runs a Chunk of a run here and resolves it
     by_value: bool
     shared: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # (task reference, by-value code or None) -> the callable, as the worker resolves a task's function
+    resolve: Callable[[str, Any], Callable[..., Any]] | None = None
 
 
 @dataclasses.dataclass
@@ -51,6 +54,8 @@ _local = threading.local()
 _shared_lock = threading.Lock()
 _streams_installed = False
 _schedulers: list[Any] = []  # Schedulers of this process's pools whose queued chunks tasks may run
+_relay_lock = threading.Lock()
+_relayed: dict[str, list[list[str]]] = {}  # per run: output of its nested tasks that ran on other workers
 
 
 def install(new: Host) -> None:
@@ -97,13 +102,74 @@ def set_shared(run: str, constants: dict[str, Any]) -> None:
         host.shared.setdefault(run, {}).update(constants)
 
 
+FUNCTION = "__pyro_compute_function__"  # a constant that is a function: {FUNCTION: reference, "code": bytes|None}
+OBJECT = "__pyro_compute_object__"  # a constant the wire cannot carry, by value: {OBJECT: cloudpickled bytes}
+
+
 def get_shared(run: str, name: str) -> tuple[bool, Any]:
-    """``(True, value)`` of constant ``name`` of pool ``run`` here, else ``(False, None)``."""
+    """``(True, value)`` of constant ``name`` of pool ``run`` here, else ``(False, None)``.
+
+    A function or a by-value object among the constants is rebuilt here on first read.
+
+    Raises:
+        KernelError: the constant names a function this worker may not call, or is an object
+            sent by value to a worker without --allow-by-value.
+    """
     if host is None:
         return False, None
     with _shared_lock:
         table = host.shared.get(run, {})
-        return (name in table), table.get(name)
+        found, value = (name in table), table.get(name)
+    if not (isinstance(value, dict) and (FUNCTION in value or OBJECT in value)):
+        return found, value
+    key = (run, name)
+    with _shared_lock:
+        if key in _rebuilt:
+            return True, _rebuilt[key]
+    rebuilt = _rebuild(value)  # outside the lock: loading the script may read constants
+    with _shared_lock:
+        return True, _rebuilt.setdefault(key, rebuilt)
+
+
+_rebuilt: dict[tuple[str, str], Any] = {}  # constants rebuilt from their wire form, per (run, name)
+
+
+def _rebuild(value: dict[str, Any]) -> Any:
+    """A constant's function or object from its wire form (see FUNCTION and OBJECT)."""
+    assert host is not None
+    code = value.get("code")
+    if FUNCTION in value:
+        resolve = host.resolve or _evaluator_resolve()
+        return resolve(str(value[FUNCTION]), code)
+    if not host.by_value:
+        from .errors import KernelError
+        raise KernelError("a shared constant was sent by value, but this worker does not accept "
+                          "objects by value; start it with --allow-by-value and an HMAC secret, or "
+                          "make the constant plain data")
+    import cloudpickle  # only workers that opted in need it
+    return cloudpickle.loads(_raw_bytes(value[OBJECT]))
+
+
+def _evaluator_resolve() -> Callable[[str, Any], Callable[..., Any]]:
+    """Resolve a task's function as the Evaluator that installed the host does (until it passes ``resolve``)."""
+    assert host is not None
+    evaluator = getattr(host.run_inline, "__self__")
+
+    def resolve(ref: str, code: Any) -> Callable[..., Any]:
+        if code is None:
+            return evaluator._task(ref)  # type: ignore[no-any-return]
+        return evaluator._resolver.load(_raw_bytes(code))  # type: ignore[no-any-return]
+    return resolve
+
+
+def _raw_bytes(data: Any) -> bytes:
+    """Bytes as sent: serpent wraps them in a base64 dict, marshal does not."""
+    if isinstance(data, dict):
+        import serpent
+        data = serpent.tobytes(data)
+    if not isinstance(data, bytes):
+        raise TypeError(f"a by-value constant must be bytes, not {type(data).__name__}")
+    return data
 
 
 def add_scheduler(scheduler: Any) -> None:
@@ -171,10 +237,16 @@ class _Stream(io.TextIOBase):
     def write(self, text: str) -> int:
         """Keep ``text`` for the client if a task of this thread writes it, else pass it on."""
         out: list[list[str]] | None = getattr(_local, "output", None)
-        if out is None:
+        if out is not None:
+            _keep(out, self.label, text)
+            return len(text)
+        run = _relay_run()
+        if run is None:
             return int(self.original.write(text))
-        if sum(len(t) for _, t in out) < MAX_OUTPUT:
-            out.append([self.label, text])
+        with _relay_lock:  # nested tasks' output, already prefixed by the worker that ran them
+            if run not in _relayed and len(_relayed) >= MAX_RELAYED_RUNS:
+                del _relayed[next(iter(_relayed))]  # a run long gone left output nobody collected
+            _keep(_relayed.setdefault(run, []), self.label, text)
         return len(text)
 
     def flush(self) -> None:
@@ -187,6 +259,33 @@ class _Stream(io.TextIOBase):
     @property
     def encoding(self) -> str:  # type: ignore[override]
         return str(getattr(self.original, "encoding", "utf-8"))
+
+
+def _keep(out: list[list[str]], label: str, text: str) -> None:
+    if sum(len(t) for _, t in out) < MAX_OUTPUT:
+        out.append([label, text])
+
+
+def _relay_run() -> str | None:
+    """The run of the in-task pool whose dispatcher thread this is (it prints its tasks' output), or None."""
+    me = threading.current_thread()
+    if not me.name.startswith("pool-"):
+        return None
+    for scheduler in list(_schedulers):
+        for link in list(scheduler.links.values()):
+            if any(d.thread is me for d in link.dispatchers):
+                return str(scheduler.run_id)
+    return None
+
+
+def relay_nested_output(run: str) -> bool:
+    """In a task whose batch sends its output back: let that reply also carry what tasks it
+    starts in run ``run`` print on other workers. True if the batch sends its output back."""
+    runs: set[str] | None = getattr(_local, "output_runs", None)
+    if runs is None:
+        return False
+    runs.add(run)
+    return True
 
 
 def _install_streams() -> None:
@@ -206,15 +305,23 @@ def _install_streams() -> None:
 
 @contextlib.contextmanager
 def capture(enabled: bool) -> Iterator[list[list[str]]]:
-    """Collect what this thread's tasks print (``[stream, text]`` pairs) while the block runs."""
+    """Collect what this thread's tasks print (``[stream, text]`` pairs) while the block runs.
+
+    Output of nested tasks that ran on other workers reaches this process's in-task pools
+    (prefixed there by the worker that ran them); it leaves with the next reply of their run.
+    """
     out: list[list[str]] = []
     if not enabled or getattr(_local, "output", None) is not None:  # nested: the outer batch keeps it
         yield out
         return
     _install_streams()
-    _local.output = out
+    _local.output, _local.output_runs = out, set()
     try:
         yield out
     finally:
-        _local.output = None
+        runs, _local.output, _local.output_runs = _local.output_runs, None, None
+        with _relay_lock:  # what nested tasks of these runs printed on other workers, relayed
+            for run in runs:
+                for label, text in _relayed.pop(run, []):
+                    _keep(out, label, text)
 

@@ -12,3 +12,8 @@ def const_times(x: int, name: str) -> tuple[int, Any]:
     """This worker's pid and x times the shared constant ``name``."""
     time.sleep(0.01)
     return os.getpid(), x * shared.getConst(name, timeout=1.0)
+
+
+def call_const(name: str, *args: Any) -> Any:
+    """Call the shared constant ``name`` (a function) with ``args``."""
+    return shared.getConst(name, timeout=1.0)(*args)

@@ -119,12 +119,12 @@ def test_constants_example_through_the_launcher() -> None:
 
 
 def test_rest_of_scoop_surface() -> None:
-    """mapScan in input order, SIZE, IS_ORIGIN, worker names, wait(timeout=-1), unknown options."""
+    """mapScan in input order, SIZE, IS_ORIGIN, worker names, wait(timeout=-1), keywords to every call."""
     out = launch(EXAMPLES / "surface.py").splitlines()
     assert out[0] == "mapScan 01234567891011 True"
     assert out[1] == "size 2 True origin"
     assert out[2] in ("workers 1 True", "workers 2 True")  # both usually; one is legal on a slow box
-    assert out[3:] == ["wait 5 0 [0, 1, 4, 9, 16]", "refused True"]
+    assert out[3:] == ["wait 5 0 [0, 1, 4, 9, 16]", "keywords [0, 1, 8, 27] 27", "refused True"]
 
 
 def test_task_output_reaches_the_client_prefixed_by_worker() -> None:
@@ -143,3 +143,156 @@ def test_task_output_reaches_the_client_prefixed_by_worker() -> None:
     for i in range(4):
         assert any(line.startswith("[local.") and line.endswith(f"task {i} warns") for line in err)
         assert any(line.startswith("[local.") and line.endswith(f"task {i} logged") for line in err)
+
+
+def test_output_of_tasks_nested_on_another_worker_reaches_the_client() -> None:
+    """A task's children print on whichever worker runs them; every line reaches the client, its
+    prefix the chain of workers it came through, starting at the parent's and ending at the one
+    that ran the child."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYRO")}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run([sys.executable, "-m", "pyro_compute", "-n", "2", str(EXAMPLES / "nested_output.py")],
+                          capture_output=True, text=True, timeout=240, env=env, cwd=str(ROOT))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.splitlines()
+    ran = dict(pair.split(":", 1) for pair in out[-1].split()[1:])
+    short = {i: w.removeprefix("pyro_compute.evaluator.") for i, w in ran.items()}
+    parent = out[0].split()[-1].removeprefix("pyro_compute.evaluator.")
+    assert out[0] == f"[{parent}] parent on pyro_compute.evaluator.{parent}"
+
+    def chain(line: str, text: str) -> list[str]:
+        assert line.endswith(text), line
+        return [p.strip("[]") for p in line[: -len(text)].split()]
+
+    for i in map(str, range(4)):
+        said = [chain(line, f"child {i} says hello") for line in out if line.endswith(f"child {i} says hello")]
+        logged = [chain(line, f"child {i} logged").pop(0) for line in proc.stderr.splitlines()
+                  if line.endswith(f"child {i} logged")]
+        assert len(said) == 1 and len(logged) == 1, (out, proc.stderr)
+        assert said[0][0] == parent == logged[0] and said[0][-1] == short[i], (said, short)
+
+
+SCRIPT_OBJECTS = '''
+from pyro_compute import futures
+
+
+class Point:
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+
+def norm2(p):
+    return p.x * p.x + p.y * p.y
+
+
+def moved(p):
+    p.x += 1
+    return p
+
+
+if __name__ == "__main__":
+    print("norms", list(futures.map(norm2, [Point(i, i + 1) for i in range(4)])))
+    try:
+        print(list(futures.map(moved, [Point(0, 0)])))
+    except TypeError as e:
+        print("refused:", e)
+'''
+
+
+@pytest.mark.parametrize("by_value", [True, False])
+def test_script_objects_as_arguments_on_a_shared_cluster(tmp_path: Path, by_value: bool) -> None:
+    """On a shared cluster whose workers allow by-value, objects of script classes go as arguments;
+    as results they are refused, saying why and what to return. Without by-value, the call is
+    refused naming the class."""
+    from pyro_compute.cluster import LocalCluster
+
+    script = tmp_path / "objects.py"
+    script.write_text(SCRIPT_OBJECTS)
+    with LocalCluster(1, by_value=by_value) as c:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYRO")}
+        env.update(c.settings.as_env())
+        env["PYTHONPATH"] = str(ROOT)
+        proc = subprocess.run([sys.executable, "-m", "pyro_compute", "--ns", c.ns, str(script)],
+                              capture_output=True, text=True, timeout=120, env=env, cwd=str(ROOT))
+    if not by_value:
+        assert proc.returncode != 0 and "Point" in proc.stderr, proc.stderr
+        return
+    assert proc.returncode == 0, proc.stderr
+    norms, refused = proc.stdout.splitlines()
+    assert norms == "norms [1, 5, 13, 25]"
+    assert refused.startswith("refused: the result of task 0 cannot be sent back") and "Point" in refused
+    assert "return plain data" in refused
+
+
+def test_refusal_messages_for_objects_say_why_and_what_to_do() -> None:
+    """The texts a user gets for an object as a result (refused by design) and as an argument."""
+    from pyro_compute.references import SCRIPT_MODULE, first_object, object_argument_refusal, object_result_refusal
+
+    Point = type("Point", (), {"__module__": SCRIPT_MODULE})
+    why = object_result_refusal(Point())
+    assert "class Point (a class of your script)" in why and "never pickled" in why
+    assert "decodes no pickle" in why and "vars(obj)" in why and "numpy array" in why
+    args = [(1, "a", [2.0, {"k": Point()}])]
+    assert isinstance(first_object(args), Point) and first_object([(1, [2.0], {"k": (3,)})]) is None
+    said = object_argument_refusal(args)
+    assert "class Point (a class of your script)" in said and "--allow-by-value" in said
+    assert "Pool(by_value=True)" in said and "python -m pyro_compute script.py" in said
+
+
+def test_functions_lambdas_and_script_objects_as_shared_constants() -> None:
+    """SCOOP's shared_example sets a function as a constant: functions, lambdas and objects of
+    script classes are constants too (by value on the launcher's own cluster)."""
+    out = launch(EXAMPLES / "shared_objects.py").split(" ", 1)
+    assert out == ["shared", "[149, 149, 104, 100, 181] [149, 149, 104, 100, 181] True\n"]
+
+
+def test_shared_cluster_refuses_object_constants_saying_what_to_do() -> None:
+    """Without by-value, a constant that is an object is refused by setConst, saying what to do;
+    a function that has a name goes by reference and tasks call it on the worker."""
+    import operator
+
+    from pyro_compute import futures, shared
+    from pyro_compute.cluster import LocalCluster
+    from pyro_compute.pool import Pool
+
+    env = {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT), *sys.path])}
+    with LocalCluster(1, allow_modules=["scoop_tasks"], env=env) as c, Pool(cluster=c) as pool:
+        futures.set_default_pool(pool)
+        try:
+            with pytest.raises(TypeError, match="no plain data.*--allow-by-value"):
+                shared.setConst(table=Path("x"))
+            with pytest.raises(TypeError, match="lambda|by value"):
+                shared.setConst(lam=lambda x: x)
+            shared.setConst(mul=operator.mul, power=pow)
+            assert shared.getConst("mul") is operator.mul
+            assert futures.submit("scoop_tasks:call_const", "mul", 6, 7).result(timeout=60) == 42
+            assert list(futures.map("scoop_tasks:call_const", ["power"] * 3, [2] * 3, [1, 2, 3])) == [2, 4, 8]
+        finally:
+            futures.set_default_pool(None)
+
+
+NESTED_COMPLETION = '''
+import operator
+from pyro_compute import futures
+
+
+def square(x):
+    return x * x
+
+
+def parent(n):
+    return sum(futures.map_as_completed(square, range(n))), futures.mapReduce(square, operator.add, range(n))
+
+
+if __name__ == "__main__":
+    print(list(futures.map(parent, [20, 30, 40, 50], chunksize=1)))
+'''
+
+
+def test_map_as_completed_and_map_reduce_inside_tasks_do_not_deadlock(tmp_path: Path) -> None:
+    """Every worker runs a parent that waits on map_as_completed and mapReduce of its own children:
+    the waits lend the workers to the children (SCOOP's test_map_as_completed, run as a task)."""
+    script = tmp_path / "nested_completion.py"
+    script.write_text(NESTED_COMPLETION)
+    expected = [(s, s) for s in (sum(i * i for i in range(n)) for n in (20, 30, 40, 50))]
+    assert launch(script, timeout=120).strip() == repr(expected)

@@ -1,4 +1,4 @@
-"""The rest of SCOOP's futures surface: mapScan, SIZE, worker identity, wait(timeout=-1), options.
+"""The rest of SCOOP's futures surface: mapScan, SIZE, worker identity, wait(timeout=-1), keywords.
 
 Run: python -m pyro_compute -n 2 clients/scoop_examples/surface.py
 """
@@ -15,6 +15,10 @@ def square(x):
     return x * x
 
 
+def power(x, exponent=2):
+    return x ** exponent
+
+
 if __name__ == "__main__":
     scan = futures.mapScan(str, operator.add, range(12))  # non-commutative: order matters
     print("mapScan", scan[-1], scan == [''.join(map(str, range(k + 1))) for k in range(12)])
@@ -24,7 +28,9 @@ if __name__ == "__main__":
     fs = [futures.submit(square, i) for i in range(5)]
     done, not_done = futures.wait(fs, timeout=-1)
     print("wait", len(done), len(not_done), sorted(f.result() for f in done))
+    # As in SCOOP, keywords that are no map options go to every call; a kernel name takes none.
+    print("keywords", list(futures.map(power, range(4), exponent=3)), futures.mapReduce(power, max, range(4), exponent=3))
     try:
-        futures.map(square, range(3), chunk=2)
+        futures.map("pi_hits", [10], chunk=2)
     except TypeError as e:
-        print("refused", "chunk" in str(e) and "functools.partial" in str(e))
+        print("refused", "chunk" in str(e))
