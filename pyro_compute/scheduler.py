@@ -26,6 +26,7 @@ from .config import NAME_PREFIX, Settings
 from .dashboard_state import RunReporter
 from .errors import WorkerUnavailableError
 from .links import ANSWERS, DOWN, OK, RETIRED, Call, Dispatcher, Link, abort, connect, new_proxy, probe
+from .replies import marshal_plain, pack
 from .wire import foreign, from_serpent, is_plain, plain_rows
 
 log = logging.getLogger(__name__)
@@ -230,8 +231,8 @@ class Scheduler:
                 chunk = self.next_chunk(d)
                 if chunk is None:
                     return
-                packed = plain_rows(chunk.args) and is_plain(chunk.kwargs)
-                kind = "marshal" if packed else "serpent"
+                packed = packing(chunk)
+                kind = "serpent" if packed is None else "marshal"
                 if kind not in proxies:
                     proxies[kind] = new_proxy(d.link.uri, kind, self.settings, self.settings.probe_timeout)
                 error = self.call(d, proxies[kind], chunk, packed)
@@ -241,11 +242,11 @@ class Scheduler:
             for proxy in proxies.values():
                 proxy._pyroRelease()
 
-    def call(self, d: Dispatcher, proxy: Pyro4.Proxy, chunk: Chunk, packed: bool) -> BaseException | None:
+    def call(self, d: Dispatcher, proxy: Pyro4.Proxy, chunk: Chunk, packed: str | None) -> BaseException | None:
         """Run one chunk and settle it; return the communication error if there was one."""
         try:
-            args = marshal.dumps(chunk.args) if packed else chunk.args
-            if packed and len(args) > self.settings.max_message_size:
+            args = encode_rows(chunk.args, packed)
+            if packed is not None and len(args) > self.settings.max_message_size:
                 raise Pyro4.errors.MessageTooLargeError(self.too_large(chunk, "its arguments are"))
             call = d.link.calls[d.slot]
             call.fresh = connect(proxy, self.settings)
@@ -257,7 +258,7 @@ class Scheduler:
             start = time.time()
             if call.aborted:
                 return None  # health gave up on this worker meanwhile; the chunk is requeued
-            if not packed and self.by_value and foreign(chunk.args):
+            if packed is None and self.by_value and foreign(chunk.args):
                 import cloudpickle  # only by-value pools need it
                 reply = proxy.batch(chunk.task, [], chunk.kwargs, chunk.seeds, chunk.code,
                                     cloudpickle.dumps(chunk.args), **self.options())
@@ -419,6 +420,26 @@ class Scheduler:
                 for d in link.dispatchers:
                     if d.thread is not None and d.thread is not threading.current_thread():
                         d.thread.join(timeout=5)
+
+
+def packing(chunk: Chunk) -> str | None:
+    """How a chunk's rows travel with marshal: "plain" (marshal.dumps), "sets" (``replies.pack``,
+    sets and frozensets arrive as such), or None: with serpent.
+
+    marshal turns anything with a buffer (a numpy value) into bytes, so only exact builtin types pass.
+    """
+    if not (is_plain(chunk.kwargs) or marshal_plain([chunk.kwargs])):
+        return None
+    if plain_rows(chunk.args):
+        return "plain"
+    return "sets" if marshal_plain(chunk.args) else None
+
+
+def encode_rows(rows: list[tuple[Any, ...]], packed: str | None) -> Any:
+    """A chunk's rows as sent: as they are (serpent) or marshal bytes of the given ``packing``."""
+    if packed is None:
+        return rows
+    return marshal.dumps(rows) if packed == "plain" else pack(rows)
 
 
 def show_output(worker: str, output: Any) -> None:
