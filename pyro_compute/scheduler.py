@@ -11,23 +11,22 @@ from __future__ import annotations
 import collections
 import logging
 import marshal
-import sys
 import threading
 import time
 import uuid
-from typing import Any, Iterable, cast
+from typing import Any, Sequence, cast
 
 import Pyro4
 import Pyro4.errors
-import serpent
 
-from .chunk import Chunk, with_remote_cause
-from .config import NAME_PREFIX, Settings
+from .chunk import Chunk, TaskFuture, with_remote_cause
+from .config import Settings
 from .dashboard_state import RunReporter
 from .errors import WorkerUnavailableError
+from .inline import Inline
 from .links import ANSWERS, DOWN, OK, RETIRED, Call, Dispatcher, Link, abort, connect, new_proxy, probe
-from .replies import marshal_plain, pack
-from .wire import foreign, from_serpent, is_plain, plain_rows
+from .sending import encode_rows, packing, show_output
+from .wire import foreign, from_serpent, is_plain
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +65,12 @@ class Scheduler:
         self.over = threading.Event()  # shut down and nothing left to run: threads exit
         # Futures fail outside the lock: their done callbacks may call submit().
         self.deferred: list[tuple[Chunk, BaseException]] = []
+        self.inline = Inline(self)  # a lone caller sends its own call
+        self._options: dict[str, Any] | None = None
 
     # -- work in ---------------------------------------------------------------------------
 
-    def enqueue(self, chunks: Iterable[Chunk], *, fed: bool = False) -> None:
+    def enqueue(self, chunks: Sequence[Chunk], *, fed: bool = False) -> None:
         """Queue chunks; ``fed`` chunks come from a map started before shutdown and are accepted.
 
         Raises:
@@ -80,7 +81,12 @@ class Scheduler:
                 raise RuntimeError("cannot schedule new tasks after interpreter shutdown")
             if not fed and self.shutting_down:
                 raise RuntimeError("cannot schedule new tasks after the pool was shut down")
-            self.pending.extend(chunks)
+            for chunk in chunks:
+                if chunk.single and type(chunk.future) is TaskFuture:
+                    chunk.future.runner = self.inline.run
+                    if not fed and len(chunks) == 1 and self.inline.hold(chunk):
+                        return  # its caller may send it itself (``inline``)
+                self.pending.append(chunk)
             self.wake_idle()
 
     def enqueue_one(self, chunk: Chunk, *, fed: bool = False) -> None:
@@ -138,6 +144,7 @@ class Scheduler:
     def add_link(self, name: str, uri: str) -> None:
         """Start dispatchers for a worker; caller holds the lock."""
         self.links[name] = link = Link(name, uri)
+        self.inline.start()
         for slot in range(SLOTS):
             d = Dispatcher(link, slot, self.lock)
             d.thread = threading.Thread(target=self.dispatch, args=(d,), daemon=True,
@@ -194,17 +201,18 @@ class Scheduler:
             while True:
                 if d.link.state == RETIRED or self.over.is_set():
                     return None
-                now = time.monotonic()
-                if self.pending and self.may_take(d.link, now):
-                    chunk = self.pop()
-                    if chunk is not None:
-                        per_item = self.per_item.get(chunk.task)
-                        expected = None if per_item is None else per_item * len(chunk.args)
-                        d.link.calls[d.slot] = Call(chunk, now, expected)
-                        self.busy += 1
-                        self.wake_idle()
-                        return chunk
-                self.idle[d] = None
+                if not self.inline.lends(d):  # else a caller uses d's slot: d sleeps until it is back
+                    now = time.monotonic()
+                    if self.pending and self.may_take(d.link, now):
+                        chunk = self.pop()
+                        if chunk is not None:
+                            per_item = self.per_item.get(chunk.task)
+                            expected = None if per_item is None else per_item * len(chunk.args)
+                            d.link.calls[d.slot] = Call(chunk, now, expected)
+                            self.busy += 1
+                            self.wake_idle()
+                            return chunk
+                    self.idle[d] = None
                 d.wake.wait()
                 self.idle.pop(d, None)
 
@@ -255,7 +263,7 @@ class Scheduler:
             # No lock: give_up_on sets aborted before it reads proxy, we the reverse, so
             # either we see aborted or it sees our proxy and breaks its connection.
             call.proxy = proxy
-            start = time.time()
+            start = time.time() if self.reporter is not None else 0.0
             if call.aborted:
                 return None  # health gave up on this worker meanwhile; the chunk is requeued
             if packed is None and self.by_value and foreign(chunk.args):
@@ -299,10 +307,9 @@ class Scheduler:
 
     def options(self) -> dict[str, Any]:
         """Keyword arguments of ``Evaluator.batch`` beyond the chunk: run id and output."""
-        options: dict[str, Any] = {"run": self.run_id}
-        if self.show_output:
-            options["output"] = True
-        return options
+        if self._options is None:  # show_output is set once, right after the pool made us
+            self._options = {"run": self.run_id, **({"output": True} if self.show_output else {})}
+        return self._options
 
     def set_shared(self, constants: dict[str, Any]) -> None:
         """Add constants for this pool's tasks; every worker gets them before its next chunk."""
@@ -326,8 +333,11 @@ class Scheduler:
                 f"(PYRO_COMPUTE_MAX_MESSAGE_SIZE, {self.settings.max_message_size} bytes here); "
                 "send smaller pieces or raise the limit on both sides")
 
-    def finished(self, d: Dispatcher, chunk: Chunk, error: BaseException | None) -> None:
-        """Account for a call; on a communication error decide between retry, requeue and fail."""
+    def finished(self, d: Dispatcher, chunk: Chunk, error: BaseException | None, lent: bool = False) -> None:
+        """Account for a call; on a communication error decide between retry, requeue and fail.
+
+        ``lent``: a caller made the call in ``d``'s slot (``inline``), and gives the slot back.
+        """
         call = d.link.calls[d.slot]
         verdict = None if error is None or call.aborted else self.judge(d.link, call, error)
         with self.lock:
@@ -339,8 +349,11 @@ class Scheduler:
             if verdict is not None and not call.aborted:
                 self.settle_failure(d.link, chunk, error, verdict)
                 self.wake_idle()  # a requeued chunk; after a success ``d`` takes the next one itself
+            if lent:
+                self.inline.give_back(d)
             self.check_over()
-        self.flush()
+        if self.deferred:  # whoever defers a failure flushes it after: no need to look under the lock
+            self.flush()
 
     def judge(self, link: Link, call: Call, error: BaseException) -> str:
         """Classify a failed call (probing the worker, outside the lock): retry, lost or too large."""
@@ -381,8 +394,11 @@ class Scheduler:
 
     def check_over(self) -> None:
         """Once shut down with nothing left, let every thread exit; caller holds the lock."""
-        if self.shutting_down and not self.feeders and not self.over.is_set() and not self.outstanding():
+        if not self.shutting_down:
+            return  # only shutdown() waits on ``changed``
+        if not self.feeders and not self.over.is_set() and not self.outstanding():
             self.over.set()
+            self.inline.stop()
             for link in self.links.values():
                 for d in link.dispatchers:
                     d.wake.notify()
@@ -416,44 +432,9 @@ class Scheduler:
             if wait:
                 self.changed.wait_for(lambda: not self.outstanding())
         if wait and not self.feeders:
+            self.inline.release()
+            self.inline.join(timeout=5)
             for link in list(self.links.values()):
                 for d in link.dispatchers:
                     if d.thread is not None and d.thread is not threading.current_thread():
                         d.thread.join(timeout=5)
-
-
-def packing(chunk: Chunk) -> str | None:
-    """How a chunk's rows travel with marshal: "plain" (marshal.dumps), "sets" (``replies.pack``,
-    sets and frozensets arrive as such), or None: with serpent.
-
-    marshal turns anything with a buffer (a numpy value) into bytes, so only exact builtin types pass.
-    """
-    if not (is_plain(chunk.kwargs) or marshal_plain([chunk.kwargs])):
-        return None
-    if plain_rows(chunk.args):
-        return "plain"
-    return "sets" if marshal_plain(chunk.args) else None
-
-
-def encode_rows(rows: list[tuple[Any, ...]], packed: str | None) -> Any:
-    """A chunk's rows as sent: as they are (serpent) or marshal bytes of the given ``packing``."""
-    if packed is None:
-        return rows
-    return marshal.dumps(rows) if packed == "plain" else pack(rows)
-
-
-def show_output(worker: str, output: Any) -> None:
-    """Print what a batch's tasks printed, each line prefixed by the worker that ran them."""
-    if not isinstance(output, list):
-        return
-    prefix = "[" + worker.removeprefix(NAME_PREFIX) + "] "
-    pending = {"stdout": "", "stderr": ""}
-    for entry in output:
-        if isinstance(entry, list) and len(entry) == 2 and entry[0] in pending and isinstance(entry[1], str):
-            pending[entry[0]] += entry[1]
-    for label, text in pending.items():
-        if text:
-            stream = sys.stdout if label == "stdout" else sys.stderr
-            lines = text.splitlines()
-            stream.write("".join(f"{prefix}{line}\n" for line in lines))
-            stream.flush()
