@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import builtins
 import concurrent.futures
+import itertools
 import sys
 import time
 from typing import Any, Callable, Iterator, Sequence
@@ -123,8 +124,11 @@ def items(results: list[Any], errors: list[list[Any]]) -> Iterator[Any]:
     Each result leaves the list as it is yielded, so that the caller holds the only reference
     to it (as with ``Executor.map``).
     """
-    failed = {e[0]: e for e in errors}
     results.reverse()
+    if not errors:  # popped at C speed
+        yield from map(results.pop, itertools.repeat(-1, len(results)))
+        return
+    failed = {e[0]: e for e in errors}
     for i in range(len(results)):
         if i in failed:
             raise rebuild_error(failed[i])

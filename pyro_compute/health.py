@@ -154,7 +154,7 @@ class Health:
     def check_starved(self, now: float) -> None:
         """Fail queued work once no worker has been usable for ``worker_wait`` seconds."""
         sched = self.sched
-        if sched.usable() or not sched.outstanding() or not sched.pending:
+        if sched.ok or not sched.outstanding() or not sched.pending:
             self.no_worker_since = None
             return
         self.no_worker_since = self.no_worker_since or now

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 SLOTS = 2               # calls a worker may hold: one running, one queued behind a short one
 TARGET_SECONDS = 0.02   # work carried by one RMI call once task times are known
+MIN_SECONDS = 0.002     # guided scheduling shrinks calls down to this much work, no further
+DECAY = 0.5             # weight of the past in the per-item estimate, per call measured
 MAX_CHUNK = 4096
 PIPELINE_SECONDS = 0.05  # a second call is sent only behind a call expected to take less
 
@@ -47,6 +49,8 @@ class Scheduler:
         self.links: dict[str, Link] = {}
         self.idle: dict[Dispatcher, None] = {}  # waiting dispatchers, oldest first
         self.per_item: dict[str, float] = {}
+        self.sums: dict[str, list[float]] = {}  # per task: decayed seconds and tasks measured
+        self.ok = 0  # links in state OK (usable() without building the list)
         self.busy = 0
         # False in pools made inside tasks: a call there may wait on its own children for long,
         # so nothing is queued behind it (and duplicated when it overruns).
@@ -115,25 +119,35 @@ class Scheduler:
         """Tasks per call: TARGET_SECONDS of measured work; 1 while unmeasured.
 
         With a known number of ``remaining`` tasks, chunks shrink towards the end (guided
-        scheduling) so that no worker is left with a long chunk while the others idle.
+        scheduling) so that no worker is left with a long chunk while the others idle, but never
+        below MIN_SECONDS of work: smaller calls cost more than the imbalance they save.
         """
         per_item = self.per_item.get(task)
         if per_item is None:
             return 1
-        size = min(MAX_CHUNK, int(TARGET_SECONDS / max(per_item, 1e-9)))
+        per_item = max(per_item, 1e-9)
+        size = min(MAX_CHUNK, int(TARGET_SECONDS / per_item))
         if remaining is not None:
-            size = min(size, -(-remaining // (2 * SLOTS * max(1, len(self.usable())))))
+            guided = -(-remaining // (2 * SLOTS * max(1, self.ok)))
+            size = min(size, max(guided, int(MIN_SECONDS / per_item)))
         return max(1, size)
 
     def record(self, task: str, seconds: float, items: int) -> None:
-        """Fold a measured call into the task's per-item time estimate."""
-        sample = seconds / items
-        old = self.per_item.get(task)
-        self.per_item[task] = sample if old is None else 0.7 * old + 0.3 * sample
+        """Fold a measured call into the task's per-item time estimate.
+
+        Recent calls weigh more, and each call by its number of tasks: a tail of one-task calls,
+        whose fixed cost dominates, does not make a tiny task look slow.
+        """
+        sums = self.sums.get(task)
+        if sums is None:
+            sums = self.sums[task] = [0.0, 0.0]
+        sums[0] = DECAY * sums[0] + seconds
+        sums[1] = DECAY * sums[1] + items
+        self.per_item[task] = sums[0] / sums[1]
 
     def in_flight_bound(self) -> int:
         """How many chunks a streaming map keeps queued or running."""
-        return max(8, 4 * SLOTS * len(self.usable()))
+        return max(8, 4 * SLOTS * self.ok)
 
     def usable(self) -> list[str]:
         """Names of the workers taking work."""
@@ -144,6 +158,7 @@ class Scheduler:
     def add_link(self, name: str, uri: str) -> None:
         """Start dispatchers for a worker; caller holds the lock."""
         self.links[name] = link = Link(name, uri)
+        self.ok += 1
         self.inline.start()
         for slot in range(SLOTS):
             d = Dispatcher(link, slot, self.lock)
@@ -154,6 +169,7 @@ class Scheduler:
 
     def set_state(self, link: Link, state: str) -> None:
         """Change a link's state and wake whoever that concerns; caller holds the lock."""
+        self.ok += (state == OK) - (link.state == OK)
         link.state = state
         for d in link.dispatchers:
             d.wake.notify()

@@ -1,6 +1,7 @@
 """How a chunk's rows are encoded for the wire, and how what its tasks printed is shown here."""
 from __future__ import annotations
 
+import itertools
 import marshal
 import sys
 from typing import Any
@@ -9,6 +10,8 @@ from .chunk import Chunk
 from .config import NAME_PREFIX
 from .replies import marshal_plain, pack
 from .wire import is_plain, plain_rows
+
+SCALARS = frozenset({int, float, str, bool, type(None), complex})  # wire.is_plain's scalars
 
 
 def packing(chunk: Chunk) -> str | None:
@@ -19,7 +22,7 @@ def packing(chunk: Chunk) -> str | None:
     """
     if not (is_plain(chunk.kwargs) or marshal_plain([chunk.kwargs])):
         return None
-    if plain_rows(chunk.args):
+    if set(map(type, itertools.chain.from_iterable(chunk.args))) <= SCALARS or plain_rows(chunk.args):
         return "plain"
     return "sets" if marshal_plain(chunk.args) else None
 
