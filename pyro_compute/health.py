@@ -117,7 +117,9 @@ class Health:
             self.start_probe(link)
         if link.state != OK or not link.calls:
             return
-        calls = sorted(link.calls.values(), key=lambda c: c.started)
+        calls = list(link.calls.values())
+        if len(calls) > 1:
+            calls.sort(key=lambda c: c.started)
         running = calls[0]
         late = now - running.started
         # Busy workers answer a probe at once, so probing every running call past HUNG_AFTER

@@ -174,6 +174,7 @@ class Inline:
         with sched.lock:
             call = d.link.calls.pop(d.slot, None)
             sched.busy -= 1
+            sched.unpark(d.link)
             if call is not None and not call.aborted:
                 sched.requeue(chunk)
             self.give_back(d)

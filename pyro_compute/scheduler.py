@@ -31,7 +31,7 @@ from .wire import foreign, from_serpent, is_plain
 log = logging.getLogger(__name__)
 
 SLOTS = 2               # calls a worker may hold: one running, one queued behind a short one
-TARGET_SECONDS = 0.02   # work carried by one RMI call once task times are known
+TARGET_SECONDS = 0.2    # work carried by one RMI call once task times are known
 MIN_SECONDS = 0.002     # guided scheduling shrinks calls down to this much work, no further
 DECAY = 0.5             # weight of the past in the per-item estimate, per call measured
 MAX_CHUNK = 4096
@@ -48,6 +48,7 @@ class Scheduler:
         self.pending: collections.deque[Chunk] = collections.deque()
         self.links: dict[str, Link] = {}
         self.idle: dict[Dispatcher, None] = {}  # waiting dispatchers, oldest first
+        self.parked: set[Dispatcher] = set()  # waiting behind a call nothing may queue behind
         self.per_item: dict[str, float] = {}
         self.sums: dict[str, list[float]] = {}  # per task: decayed seconds and tasks measured
         self.ok = 0  # links in state OK (usable() without building the list)
@@ -126,7 +127,7 @@ class Scheduler:
         if per_item is None:
             return 1
         per_item = max(per_item, 1e-9)
-        size = min(MAX_CHUNK, int(TARGET_SECONDS / per_item))
+        size = min(MAX_CHUNK, round(TARGET_SECONDS / per_item))  # sleep(0.1) measures 0.1003 s: 2, not 1
         if remaining is not None:
             guided = -(-remaining // (2 * SLOTS * max(1, self.ok)))
             size = min(size, max(guided, int(MIN_SECONDS / per_item)))
@@ -218,19 +219,57 @@ class Scheduler:
                 if d.link.state == RETIRED or self.over.is_set():
                     return None
                 if not self.inline.lends(d):  # else a caller uses d's slot: d sleeps until it is back
-                    now = time.monotonic()
-                    if self.pending and self.may_take(d.link, now):
-                        chunk = self.pop()
-                        if chunk is not None:
-                            per_item = self.per_item.get(chunk.task)
-                            expected = None if per_item is None else per_item * len(chunk.args)
-                            d.link.calls[d.slot] = Call(chunk, now, expected)
-                            self.busy += 1
-                            self.wake_idle()
-                            return chunk
-                    self.idle[d] = None
+                    chunk = self.take(d)
+                    if chunk is not None:
+                        return chunk
+                    self.rest(d)
                 d.wake.wait()
                 self.idle.pop(d, None)
+                self.parked.discard(d)
+
+    def take(self, d: Dispatcher) -> Chunk | None:
+        """The next chunk for ``d``, booked as its call, if its link may take one; caller holds the lock."""
+        now = time.monotonic()
+        if not (self.pending and self.may_take(d.link, now)):
+            return None
+        chunk = self.pop()
+        if chunk is None:
+            return None
+        per_item = self.per_item.get(chunk.task)
+        expected = None if per_item is None else per_item * len(chunk.args)
+        d.link.calls[d.slot] = Call(chunk, now, expected)
+        self.busy += 1
+        if not self.pipelinable(d.link):
+            for other in d.link.dispatchers:
+                if other in self.idle:  # nothing may queue behind this call: stop offering it work
+                    del self.idle[other]
+                    self.parked.add(other)
+        self.wake_idle()
+        return chunk
+
+    def pipelinable(self, link: Link) -> bool:
+        """Whether a call may ever queue behind ``link``'s calls (all measured short); caller holds the lock."""
+        return self.pipeline and all(c.expected is not None and c.expected < PIPELINE_SECONDS
+                                     for c in link.calls.values())
+
+    def rest(self, d: Dispatcher) -> None:
+        """Let ``d`` wait: idle (offered work), or parked while its link runs a call nothing may queue behind.
+
+        Parked dispatchers cost ``wake_idle`` nothing: with long tasks on many workers, every
+        worker has one busy and one parked dispatcher, and scanning them all per chunk made
+        the client's CPU per task grow with the number of workers.
+        """
+        if d.link.calls and not self.pipelinable(d.link):
+            self.parked.add(d)
+        else:
+            self.idle[d] = None
+
+    def unpark(self, link: Link) -> None:
+        """``link`` ended a call: its parked dispatchers are idle again (still asleep); caller holds the lock."""
+        for d in link.dispatchers:
+            if d in self.parked:
+                self.parked.discard(d)
+                self.idle[d] = None
 
     def pop(self) -> Chunk | None:
         """The first pending chunk still wanted, marked running; caller holds the lock."""
@@ -251,17 +290,16 @@ class Scheduler:
         """
         proxies: dict[str, Pyro4.Proxy] = {}
         try:
-            while True:
-                chunk = self.next_chunk(d)
-                if chunk is None:
-                    return
+            chunk = self.next_chunk(d)
+            while chunk is not None:
                 packed = packing(chunk)
                 kind = "serpent" if packed is None else "marshal"
                 if kind not in proxies:
                     proxies[kind] = new_proxy(d.link.uri, kind, self.settings, self.settings.probe_timeout)
                 error = self.call(d, proxies[kind], chunk, packed)
-                self.finished(d, chunk, error)
+                following = self.finished(d, chunk, error)
                 del chunk  # no stale reference to the batch while waiting for the next one
+                chunk = following if following is not None else self.next_chunk(d)
         finally:
             for proxy in proxies.values():
                 proxy._pyroRelease()
@@ -349,10 +387,14 @@ class Scheduler:
                 f"(PYRO_COMPUTE_MAX_MESSAGE_SIZE, {self.settings.max_message_size} bytes here); "
                 "send smaller pieces or raise the limit on both sides")
 
-    def finished(self, d: Dispatcher, chunk: Chunk, error: BaseException | None, lent: bool = False) -> None:
+    def finished(self, d: Dispatcher, chunk: Chunk, error: BaseException | None,
+                 lent: bool = False) -> Chunk | None:
         """Account for a call; on a communication error decide between retry, requeue and fail.
 
-        ``lent``: a caller made the call in ``d``'s slot (``inline``), and gives the slot back.
+        Returns:
+            The next chunk for ``d``, taken under the same lock (so that no other dispatcher
+            is woken for it), or None. ``lent``: a caller made the call in ``d``'s slot
+            (``inline``) and gives the slot back; then always None.
         """
         call = d.link.calls[d.slot]
         verdict = None if error is None or call.aborted else self.judge(d.link, call, error)
@@ -362,14 +404,19 @@ class Scheduler:
             now = time.monotonic()
             for other in d.link.calls.values():
                 other.started = now  # the call queued behind this one starts running now
+            self.unpark(d.link)
             if verdict is not None and not call.aborted:
                 self.settle_failure(d.link, chunk, error, verdict)
                 self.wake_idle()  # a requeued chunk; after a success ``d`` takes the next one itself
             if lent:
                 self.inline.give_back(d)
+                following = None
+            else:
+                following = self.take(d)
             self.check_over()
         if self.deferred:  # whoever defers a failure flushes it after: no need to look under the lock
             self.flush()
+        return following
 
     def judge(self, link: Link, call: Call, error: BaseException) -> str:
         """Classify a failed call (probing the worker, outside the lock): retry, lost or too large."""
