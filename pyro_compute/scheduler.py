@@ -10,23 +10,22 @@ from __future__ import annotations
 
 import collections
 import logging
-import marshal
 import threading
 import time
 import uuid
-from typing import Any, Sequence, cast
+from typing import Any, Sequence
 
 import Pyro4
 import Pyro4.errors
 
-from .chunk import Chunk, TaskFuture, with_remote_cause
+from . import calling
+from .chunk import Chunk, TaskFuture
 from .config import Settings
 from .dashboard_state import RunReporter
 from .errors import WorkerUnavailableError
 from .inline import Inline
-from .links import ANSWERS, DOWN, OK, RETIRED, Call, Dispatcher, Link, abort, connect, new_proxy, probe
-from .sending import encode_rows, packing, show_output
-from .wire import foreign, from_serpent, is_plain
+from .links import DOWN, OK, RETIRED, Call, Dispatcher, Link, abort, new_proxy
+from .sending import packing
 
 log = logging.getLogger(__name__)
 
@@ -304,61 +303,6 @@ class Scheduler:
             for proxy in proxies.values():
                 proxy._pyroRelease()
 
-    def call(self, d: Dispatcher, proxy: Pyro4.Proxy, chunk: Chunk, packed: str | None) -> BaseException | None:
-        """Run one chunk and settle it; return the communication error if there was one."""
-        try:
-            args = encode_rows(chunk.args, packed)
-            if packed is not None and len(args) > self.settings.max_message_size:
-                raise Pyro4.errors.MessageTooLargeError(self.too_large(chunk, "its arguments are"))
-            call = d.link.calls[d.slot]
-            call.fresh = connect(proxy, self.settings)
-            if self.shared_version and (call.fresh or d.shared_sent < self.shared_version):
-                self.push_shared(d, proxy)
-            # No lock: give_up_on sets aborted before it reads proxy, we the reverse, so
-            # either we see aborted or it sees our proxy and breaks its connection.
-            call.proxy = proxy
-            start = time.time() if self.reporter is not None else 0.0
-            if call.aborted:
-                return None  # health gave up on this worker meanwhile; the chunk is requeued
-            if packed is None and self.by_value and foreign(chunk.args):
-                import cloudpickle  # only by-value pools need it
-                reply = proxy.batch(chunk.task, [], chunk.kwargs, chunk.seeds, chunk.code,
-                                    cloudpickle.dumps(chunk.args), **self.options())
-            else:
-                reply = proxy.batch(chunk.task, args, chunk.kwargs, chunk.seeds, chunk.code, **self.options())
-            if "packed" in reply:
-                reply["results"] = marshal.loads(reply["packed"])
-            elif "serpent" in reply:
-                reply["results"] = from_serpent(reply["serpent"])
-        except (Pyro4.errors.SerializeError, Pyro4.errors.MessageTooLargeError) as e:
-            chunk.fail(e)
-        except Pyro4.errors.CommunicationError as e:
-            return cast(BaseException, e)
-        except Exception as e:  # the Evaluator rejected the whole call: the caller's error
-            chunk.fail(with_remote_cause(e))
-        else:
-            if "output" in reply:
-                show_output(d.link.name, reply["output"])
-            self.record(chunk.task, reply["seconds"], len(chunk.args))
-            if self.reporter is not None:  # before resolve: a finished map has been reported in full
-                self.report(self.reporter, d.link.name, chunk, start)
-            chunk.resolve(reply["results"], reply["errors"])
-        return None
-
-    def report(self, reporter: RunReporter, worker: str, chunk: Chunk, start: float) -> None:
-        """Tell the dashboard of a finished call: a task-stream event and tasks done/queued/running."""
-        n = len(chunk.args)
-        with self.lock:
-            if chunk.future.done():  # a duplicate of a call judged hung: counted once
-                return
-            self.reported += n
-            done = self.reported
-            queued = sum(len(c.args) for c in self.pending if not c.future.done())
-            running = sum(len(c.chunk.args) for link in self.links.values() for c in link.calls.values()) - n
-        name = chunk.task.split(" ", 1)[0]  # a script function's reference ends in its options
-        reporter.task(worker, start, time.time(), name if n == 1 else f"{name} x{n}")
-        reporter.progress(done, None, queued=queued, running=max(0, running))
-
     def options(self) -> dict[str, Any]:
         """Keyword arguments of ``Evaluator.batch`` beyond the chunk: run id and output."""
         if self._options is None:  # show_output is set once, right after the pool made us
@@ -371,21 +315,11 @@ class Scheduler:
             self.shared.update(constants)
             self.shared_version += 1
 
-    def push_shared(self, d: Dispatcher, proxy: Pyro4.Proxy) -> None:
-        """Send the pool's constants to ``d``'s worker (with serpent if marshal cannot carry them)."""
-        with self.lock:
-            version, constants = self.shared_version, dict(self.shared)
-        if proxy._pyroSerializer == "marshal" and not is_plain(constants):
-            with new_proxy(d.link.uri, "serpent", self.settings, self.settings.call_timeout) as other:
-                other.set_shared(self.run_id, constants)
-        else:
-            proxy.set_shared(self.run_id, constants)
-        d.shared_sent = version
-
-    def too_large(self, chunk: Chunk, what: str) -> str:
-        return (f"task {chunk.task}: {what} probably larger than the workers' message size limit "
-                f"(PYRO_COMPUTE_MAX_MESSAGE_SIZE, {self.settings.max_message_size} bytes here); "
-                "send smaller pieces or raise the limit on both sides")
+    call = calling.call
+    report = calling.report
+    push_shared = calling.push_shared
+    too_large = calling.too_large
+    judge = calling.judge
 
     def finished(self, d: Dispatcher, chunk: Chunk, error: BaseException | None,
                  lent: bool = False) -> Chunk | None:
@@ -417,15 +351,6 @@ class Scheduler:
         if self.deferred:  # whoever defers a failure flushes it after: no need to look under the lock
             self.flush()
         return following
-
-    def judge(self, link: Link, call: Call, error: BaseException) -> str:
-        """Classify a failed call (probing the worker, outside the lock): retry, lost or too large."""
-        if isinstance(error, Pyro4.errors.ConnectionClosedError) and probe(link.uri, self.settings) == ANSWERS:
-            # A worker that still answers hung up. On a connection that sat idle it may have
-            # closed it as idle: reconnect and retry. On a connection made for this very call,
-            # it refused the message: over its size limit (ours or the result).
-            return "too large" if call.fresh or call.chunk.hangups >= 2 else "retry"
-        return "lost"
 
     def settle_failure(self, link: Link, chunk: Chunk, error: BaseException | None, verdict: str) -> None:
         """Retry, requeue or fail a chunk whose call failed; caller holds the lock."""

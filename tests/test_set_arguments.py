@@ -10,7 +10,7 @@ import remote_tasks
 from pyro_compute import Pool
 from pyro_compute.chunk import Chunk
 from pyro_compute.cluster import LocalCluster
-from pyro_compute.scheduler import encode_rows, packing
+from pyro_compute.sending import encode_rows, packing
 
 T = 60
 CASES: list[Any] = [
