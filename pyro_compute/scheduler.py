@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 SLOTS = 2               # calls a worker may hold: one running, one queued behind a short one
 TARGET_SECONDS = 0.2    # work carried by one RMI call once task times are known
 MIN_SECONDS = 0.002     # guided scheduling shrinks calls down to this much work, no further
-DECAY = 0.5             # weight of the past in the per-item estimate, per call measured
+HALF_LIFE = 16          # tasks measured after which the per-item estimate's past weighs half
 MAX_CHUNK = 4096
 PIPELINE_SECONDS = 0.05  # a second call is sent only behind a call expected to take less
 
@@ -135,14 +135,16 @@ class Scheduler:
     def record(self, task: str, seconds: float, items: int) -> None:
         """Fold a measured call into the task's per-item time estimate.
 
-        Recent calls weigh more, and each call by its number of tasks: a tail of one-task calls,
-        whose fixed cost dominates, does not make a tiny task look slow.
+        Time per task over the recent tasks (the past halves every HALF_LIFE tasks measured), so
+        each call weighs by its number of tasks: a map's tail of one-task calls, whose fixed cost
+        dominates, does not make a tiny task look ten times slower.
         """
         sums = self.sums.get(task)
         if sums is None:
             sums = self.sums[task] = [0.0, 0.0]
-        sums[0] = DECAY * sums[0] + seconds
-        sums[1] = DECAY * sums[1] + items
+        keep = 0.5 ** (items / HALF_LIFE)
+        sums[0] = keep * sums[0] + seconds
+        sums[1] = keep * sums[1] + items
         self.per_item[task] = sums[0] / sums[1]
 
     def in_flight_bound(self) -> int:

@@ -542,3 +542,40 @@ def test_a_worker_hung_during_a_call_sent_by_its_caller_costs_seconds() -> None:
             assert elapsed < 15
         finally:
             stopped.send_signal(signal.SIGCONT)
+
+
+# -- issue 11 item 6 / issue 12 item 6: chunk sizing and the cost per chunk ---------------------------
+
+def test_chunk_sizes_follow_task_times_weighted_by_tasks_per_call() -> None:
+    from pyro_compute import Settings
+    from pyro_compute.scheduler import MAX_CHUNK, Scheduler
+    sched = Scheduler(Settings())
+    sched.ok = 2
+    assert sched.chunk_size("t", 20_000) == 1  # unmeasured
+    sched.record("t", 0.001, 2500)  # 0.4 µs per task
+    for _ in range(30):  # the tail of a map: one-task calls whose fixed cost dominates
+        sched.record("t", 0.00001, 1)
+    assert sched.per_item["t"] < 1e-6
+    assert 2500 <= sched.chunk_size("t", 20_000) <= MAX_CHUNK  # 4 or 5 calls, not 64
+    assert sched.chunk_size("t", 20_000) == sched.chunk_size("t", 9)  # no shrinking below 2 ms of work
+    sched.record("s", 0.1003, 1)  # sleep(0.1)
+    assert sched.chunk_size("s", None) == 2
+    assert sched.chunk_size("s", 100) == 2 and sched.chunk_size("s", 3) == 1  # guided at the end
+    sched.record("m", 0.0101, 1)  # 10 ms tasks: about 0.2 s per call
+    assert 15 <= sched.chunk_size("m", None) <= 25
+
+
+def test_dispatchers_behind_long_calls_are_parked_out_of_the_wake_up_scan(cluster: LocalCluster) -> None:
+    with Pool(cluster=cluster) as pool:
+        sched = pool._scheduler
+        assert pool.submit(remote_tasks.sleep_then, 0.5, 0).result(timeout=T) == 0  # measured: long
+        results = pool.map(remote_tasks.sleep_then, [0.5] * 8, range(8), timeout=T)
+        time.sleep(0.25)
+        with sched.lock:
+            busy = [link for link in sched.links.values() if link.calls]
+            siblings = {d for link in busy for d in link.dispatchers if d.slot not in link.calls}
+            parked, idle = set(sched.parked), set(sched.idle)
+        assert len(busy) == 2 and siblings and siblings <= parked and not siblings & idle
+        assert list(results) == list(range(8))
+        with sched.lock:
+            assert not sched.parked and all(not link.calls for link in sched.links.values())
