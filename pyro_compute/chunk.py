@@ -41,11 +41,13 @@ class TaskFuture(concurrent.futures.Future[Any]):
             taskctx.wait([self], timeout)
             return timeout
         runner = self.runner
-        if runner is None:
+        if runner is None or timeout is None:
+            if runner is not None:
+                runner(self, None)
             return timeout
         started = time.monotonic()
         runner(self, timeout)
-        return None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+        return max(0.0, timeout - (time.monotonic() - started))
 
 
 class Chunk:

@@ -141,10 +141,12 @@ class Inline:
         if not sched.pending:
             self.held_since = None  # nothing left for the waker to wake anyone for
         if not (future.running() or future.set_running_or_notify_cancel()):
+            sched.check_over()
             return None  # cancelled meanwhile
         del sched.idle[d]
         self.lent.add(d)
         d.link.calls[d.slot] = Call(chunk, time.monotonic(), expected)
+        sched.park_behind(d.link)
         sched.busy += 1
         self.sent += 1
         return d, chunk, packing(chunk)

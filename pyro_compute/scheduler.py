@@ -240,13 +240,17 @@ class Scheduler:
         expected = None if per_item is None else per_item * len(chunk.args)
         d.link.calls[d.slot] = Call(chunk, now, expected)
         self.busy += 1
-        if not self.pipelinable(d.link):
-            for other in d.link.dispatchers:
-                if other in self.idle:  # nothing may queue behind this call: stop offering it work
-                    del self.idle[other]
-                    self.parked.add(other)
+        self.park_behind(d.link)
         self.wake_idle()
         return chunk
+
+    def park_behind(self, link: Link) -> None:
+        """``link`` started a call: if nothing may queue behind it, park its idle dispatchers; caller holds the lock."""
+        if not self.pipelinable(link):
+            for other in link.dispatchers:
+                if other in self.idle:
+                    del self.idle[other]
+                    self.parked.add(other)
 
     def pipelinable(self, link: Link) -> bool:
         """Whether a call may ever queue behind ``link``'s calls (all measured short); caller holds the lock."""

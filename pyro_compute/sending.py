@@ -20,7 +20,7 @@ def packing(chunk: Chunk) -> str | None:
 
     marshal turns anything with a buffer (a numpy value) into bytes, so only exact builtin types pass.
     """
-    if not (is_plain(chunk.kwargs) or marshal_plain([chunk.kwargs])):
+    if chunk.kwargs is not None and not (is_plain(chunk.kwargs) or marshal_plain([chunk.kwargs])):
         return None
     if set(map(type, itertools.chain.from_iterable(chunk.args))) <= SCALARS or plain_rows(chunk.args):
         return "plain"
