@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import builtins
 import concurrent.futures
+import itertools
 import sys
-from typing import Any, Iterator, Sequence
+import time
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -13,19 +15,39 @@ from .errors import RemoteError, RemoteTraceback
 
 
 class TaskFuture(concurrent.futures.Future[Any]):
-    """A Future whose waits, inside a task on a worker, lend that worker to other tasks."""
+    """A Future whose waits, inside a task on a worker, lend that worker to other tasks.
+
+    Outside tasks, a submitted task still queued when its result is asked for may be sent by
+    the waiting thread itself (``runner``, see ``inline``): no thread hand-off either way.
+    """
+
+    runner: Callable[[TaskFuture, float | None], None] | None = None
 
     def result(self, timeout: float | None = None) -> Any:
         """The result (``concurrent.futures.Future.result``); see the class docstring."""
-        if not self.done() and taskctx.in_task():
-            taskctx.wait([self], timeout)
+        if not self.done():
+            timeout = self._help(timeout)
         return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The exception (``concurrent.futures.Future.exception``); see the class docstring."""
-        if not self.done() and taskctx.in_task():
-            taskctx.wait([self], timeout)
+        if not self.done():
+            timeout = self._help(timeout)
         return super().exception(timeout)
+
+    def _help(self, timeout: float | None) -> float | None:
+        """Lend a worker's slot while waiting in a task, or send the call here; the time left."""
+        if taskctx.in_task():
+            taskctx.wait([self], timeout)
+            return timeout
+        runner = self.runner
+        if runner is None or timeout is None:
+            if runner is not None:
+                runner(self, None)
+            return timeout
+        started = time.monotonic()
+        runner(self, timeout)
+        return max(0.0, timeout - (time.monotonic() - started))
 
 
 class Chunk:
@@ -104,8 +126,11 @@ def items(results: list[Any], errors: list[list[Any]]) -> Iterator[Any]:
     Each result leaves the list as it is yielded, so that the caller holds the only reference
     to it (as with ``Executor.map``).
     """
-    failed = {e[0]: e for e in errors}
     results.reverse()
+    if not errors:  # popped at C speed
+        yield from map(results.pop, itertools.repeat(-1, len(results)))
+        return
+    failed = {e[0]: e for e in errors}
     for i in range(len(results)):
         if i in failed:
             raise rebuild_error(failed[i])

@@ -117,7 +117,9 @@ class Health:
             self.start_probe(link)
         if link.state != OK or not link.calls:
             return
-        calls = sorted(link.calls.values(), key=lambda c: c.started)
+        calls = list(link.calls.values())
+        if len(calls) > 1:
+            calls.sort(key=lambda c: c.started)
         running = calls[0]
         late = now - running.started
         # Busy workers answer a probe at once, so probing every running call past HUNG_AFTER
@@ -154,7 +156,7 @@ class Health:
     def check_starved(self, now: float) -> None:
         """Fail queued work once no worker has been usable for ``worker_wait`` seconds."""
         sched = self.sched
-        if sched.usable() or not sched.outstanding() or not sched.pending:
+        if sched.ok or not sched.outstanding() or not sched.pending:
             self.no_worker_since = None
             return
         self.no_worker_since = self.no_worker_since or now

@@ -10,28 +10,29 @@ from __future__ import annotations
 
 import collections
 import logging
-import marshal
-import sys
 import threading
 import time
 import uuid
-from typing import Any, Iterable, cast
+from typing import Any, Sequence
 
 import Pyro4
 import Pyro4.errors
-import serpent
 
-from .chunk import Chunk, with_remote_cause
-from .config import NAME_PREFIX, Settings
+from . import calling
+from .chunk import Chunk, TaskFuture
+from .config import Settings
 from .dashboard_state import RunReporter
 from .errors import WorkerUnavailableError
-from .links import ANSWERS, DOWN, OK, RETIRED, Call, Dispatcher, Link, abort, connect, new_proxy, probe
-from .wire import foreign, from_serpent, is_plain, plain_rows
+from .inline import Inline
+from .links import DOWN, OK, RETIRED, Call, Dispatcher, Link, abort, new_proxy
+from .sending import packing
 
 log = logging.getLogger(__name__)
 
 SLOTS = 2               # calls a worker may hold: one running, one queued behind a short one
-TARGET_SECONDS = 0.02   # work carried by one RMI call once task times are known
+TARGET_SECONDS = 0.2    # work carried by one RMI call once task times are known
+MIN_SECONDS = 0.002     # guided scheduling shrinks calls down to this much work, no further
+HALF_LIFE = 16          # tasks measured after which the per-item estimate's past weighs half
 MAX_CHUNK = 4096
 PIPELINE_SECONDS = 0.05  # a second call is sent only behind a call expected to take less
 
@@ -46,7 +47,10 @@ class Scheduler:
         self.pending: collections.deque[Chunk] = collections.deque()
         self.links: dict[str, Link] = {}
         self.idle: dict[Dispatcher, None] = {}  # waiting dispatchers, oldest first
+        self.parked: set[Dispatcher] = set()  # waiting behind a call nothing may queue behind
         self.per_item: dict[str, float] = {}
+        self.sums: dict[str, list[float]] = {}  # per task: decayed seconds and tasks measured
+        self.ok = 0  # links in state OK (usable() without building the list)
         self.busy = 0
         # False in pools made inside tasks: a call there may wait on its own children for long,
         # so nothing is queued behind it (and duplicated when it overruns).
@@ -65,10 +69,12 @@ class Scheduler:
         self.over = threading.Event()  # shut down and nothing left to run: threads exit
         # Futures fail outside the lock: their done callbacks may call submit().
         self.deferred: list[tuple[Chunk, BaseException]] = []
+        self.inline = Inline(self)  # a lone caller sends its own call
+        self._options: dict[str, Any] | None = None
 
     # -- work in ---------------------------------------------------------------------------
 
-    def enqueue(self, chunks: Iterable[Chunk], *, fed: bool = False) -> None:
+    def enqueue(self, chunks: Sequence[Chunk], *, fed: bool = False) -> None:
         """Queue chunks; ``fed`` chunks come from a map started before shutdown and are accepted.
 
         Raises:
@@ -79,7 +85,12 @@ class Scheduler:
                 raise RuntimeError("cannot schedule new tasks after interpreter shutdown")
             if not fed and self.shutting_down:
                 raise RuntimeError("cannot schedule new tasks after the pool was shut down")
-            self.pending.extend(chunks)
+            for chunk in chunks:
+                if chunk.single and type(chunk.future) is TaskFuture:
+                    chunk.future.runner = self.inline.run
+                    if not fed and len(chunks) == 1 and self.inline.hold(chunk):
+                        return  # its caller may send it itself (``inline``)
+                self.pending.append(chunk)
             self.wake_idle()
 
     def enqueue_one(self, chunk: Chunk, *, fed: bool = False) -> None:
@@ -108,25 +119,37 @@ class Scheduler:
         """Tasks per call: TARGET_SECONDS of measured work; 1 while unmeasured.
 
         With a known number of ``remaining`` tasks, chunks shrink towards the end (guided
-        scheduling) so that no worker is left with a long chunk while the others idle.
+        scheduling) so that no worker is left with a long chunk while the others idle, but never
+        below MIN_SECONDS of work: smaller calls cost more than the imbalance they save.
         """
         per_item = self.per_item.get(task)
         if per_item is None:
             return 1
-        size = min(MAX_CHUNK, int(TARGET_SECONDS / max(per_item, 1e-9)))
+        per_item = max(per_item, 1e-9)
+        size = min(MAX_CHUNK, round(TARGET_SECONDS / per_item))  # sleep(0.1) measures 0.1003 s: 2, not 1
         if remaining is not None:
-            size = min(size, -(-remaining // (2 * SLOTS * max(1, len(self.usable())))))
+            guided = -(-remaining // (2 * SLOTS * max(1, self.ok)))
+            size = min(size, max(guided, int(MIN_SECONDS / per_item)))
         return max(1, size)
 
     def record(self, task: str, seconds: float, items: int) -> None:
-        """Fold a measured call into the task's per-item time estimate."""
-        sample = seconds / items
-        old = self.per_item.get(task)
-        self.per_item[task] = sample if old is None else 0.7 * old + 0.3 * sample
+        """Fold a measured call into the task's per-item time estimate.
+
+        Time per task over the recent tasks (the past halves every HALF_LIFE tasks measured), so
+        each call weighs by its number of tasks: a map's tail of one-task calls, whose fixed cost
+        dominates, does not make a tiny task look ten times slower.
+        """
+        sums = self.sums.get(task)
+        if sums is None:
+            sums = self.sums[task] = [0.0, 0.0]
+        keep = 0.5 ** (items / HALF_LIFE)
+        sums[0] = keep * sums[0] + seconds
+        sums[1] = keep * sums[1] + items
+        self.per_item[task] = sums[0] / sums[1]
 
     def in_flight_bound(self) -> int:
         """How many chunks a streaming map keeps queued or running."""
-        return max(8, 4 * SLOTS * len(self.usable()))
+        return max(8, 4 * SLOTS * self.ok)
 
     def usable(self) -> list[str]:
         """Names of the workers taking work."""
@@ -137,6 +160,8 @@ class Scheduler:
     def add_link(self, name: str, uri: str) -> None:
         """Start dispatchers for a worker; caller holds the lock."""
         self.links[name] = link = Link(name, uri)
+        self.ok += 1
+        self.inline.start()
         for slot in range(SLOTS):
             d = Dispatcher(link, slot, self.lock)
             d.thread = threading.Thread(target=self.dispatch, args=(d,), daemon=True,
@@ -146,6 +171,7 @@ class Scheduler:
 
     def set_state(self, link: Link, state: str) -> None:
         """Change a link's state and wake whoever that concerns; caller holds the lock."""
+        self.ok += (state == OK) - (link.state == OK)
         link.state = state
         for d in link.dispatchers:
             d.wake.notify()
@@ -193,19 +219,62 @@ class Scheduler:
             while True:
                 if d.link.state == RETIRED or self.over.is_set():
                     return None
-                now = time.monotonic()
-                if self.pending and self.may_take(d.link, now):
-                    chunk = self.pop()
+                if not self.inline.lends(d):  # else a caller uses d's slot: d sleeps until it is back
+                    chunk = self.take(d)
                     if chunk is not None:
-                        per_item = self.per_item.get(chunk.task)
-                        expected = None if per_item is None else per_item * len(chunk.args)
-                        d.link.calls[d.slot] = Call(chunk, now, expected)
-                        self.busy += 1
-                        self.wake_idle()
                         return chunk
-                self.idle[d] = None
+                    self.rest(d)
                 d.wake.wait()
                 self.idle.pop(d, None)
+                self.parked.discard(d)
+
+    def take(self, d: Dispatcher) -> Chunk | None:
+        """The next chunk for ``d``, booked as its call, if its link may take one; caller holds the lock."""
+        now = time.monotonic()
+        if not (self.pending and self.may_take(d.link, now)):
+            return None
+        chunk = self.pop()
+        if chunk is None:
+            return None
+        per_item = self.per_item.get(chunk.task)
+        expected = None if per_item is None else per_item * len(chunk.args)
+        d.link.calls[d.slot] = Call(chunk, now, expected)
+        self.busy += 1
+        self.park_behind(d.link)
+        self.wake_idle()
+        return chunk
+
+    def park_behind(self, link: Link) -> None:
+        """``link`` started a call: if nothing may queue behind it, park its idle dispatchers; caller holds the lock."""
+        if not self.pipelinable(link):
+            for other in link.dispatchers:
+                if other in self.idle:
+                    del self.idle[other]
+                    self.parked.add(other)
+
+    def pipelinable(self, link: Link) -> bool:
+        """Whether a call may ever queue behind ``link``'s calls (all measured short); caller holds the lock."""
+        return self.pipeline and all(c.expected is not None and c.expected < PIPELINE_SECONDS
+                                     for c in link.calls.values())
+
+    def rest(self, d: Dispatcher) -> None:
+        """Let ``d`` wait: idle (offered work), or parked while its link runs a call nothing may queue behind.
+
+        Parked dispatchers cost ``wake_idle`` nothing: with long tasks on many workers, every
+        worker has one busy and one parked dispatcher, and scanning them all per chunk made
+        the client's CPU per task grow with the number of workers.
+        """
+        if d.link.calls and not self.pipelinable(d.link):
+            self.parked.add(d)
+        else:
+            self.idle[d] = None
+
+    def unpark(self, link: Link) -> None:
+        """``link`` ended a call: its parked dispatchers are idle again (still asleep); caller holds the lock."""
+        for d in link.dispatchers:
+            if d in self.parked:
+                self.parked.discard(d)
+                self.idle[d] = None
 
     def pop(self) -> Chunk | None:
         """The first pending chunk still wanted, marked running; caller holds the lock."""
@@ -226,82 +295,25 @@ class Scheduler:
         """
         proxies: dict[str, Pyro4.Proxy] = {}
         try:
-            while True:
-                chunk = self.next_chunk(d)
-                if chunk is None:
-                    return
-                packed = plain_rows(chunk.args) and is_plain(chunk.kwargs)
-                kind = "marshal" if packed else "serpent"
+            chunk = self.next_chunk(d)
+            while chunk is not None:
+                packed = packing(chunk)
+                kind = "serpent" if packed is None else "marshal"
                 if kind not in proxies:
                     proxies[kind] = new_proxy(d.link.uri, kind, self.settings, self.settings.probe_timeout)
                 error = self.call(d, proxies[kind], chunk, packed)
-                self.finished(d, chunk, error)
+                following = self.finished(d, chunk, error)
                 del chunk  # no stale reference to the batch while waiting for the next one
+                chunk = following if following is not None else self.next_chunk(d)
         finally:
             for proxy in proxies.values():
                 proxy._pyroRelease()
 
-    def call(self, d: Dispatcher, proxy: Pyro4.Proxy, chunk: Chunk, packed: bool) -> BaseException | None:
-        """Run one chunk and settle it; return the communication error if there was one."""
-        try:
-            args = marshal.dumps(chunk.args) if packed else chunk.args
-            if packed and len(args) > self.settings.max_message_size:
-                raise Pyro4.errors.MessageTooLargeError(self.too_large(chunk, "its arguments are"))
-            call = d.link.calls[d.slot]
-            call.fresh = connect(proxy, self.settings)
-            if self.shared_version and (call.fresh or d.shared_sent < self.shared_version):
-                self.push_shared(d, proxy)
-            # No lock: give_up_on sets aborted before it reads proxy, we the reverse, so
-            # either we see aborted or it sees our proxy and breaks its connection.
-            call.proxy = proxy
-            start = time.time()
-            if call.aborted:
-                return None  # health gave up on this worker meanwhile; the chunk is requeued
-            if not packed and self.by_value and foreign(chunk.args):
-                import cloudpickle  # only by-value pools need it
-                reply = proxy.batch(chunk.task, [], chunk.kwargs, chunk.seeds, chunk.code,
-                                    cloudpickle.dumps(chunk.args), **self.options())
-            else:
-                reply = proxy.batch(chunk.task, args, chunk.kwargs, chunk.seeds, chunk.code, **self.options())
-            if "packed" in reply:
-                reply["results"] = marshal.loads(reply["packed"])
-            elif "serpent" in reply:
-                reply["results"] = from_serpent(reply["serpent"])
-        except (Pyro4.errors.SerializeError, Pyro4.errors.MessageTooLargeError) as e:
-            chunk.fail(e)
-        except Pyro4.errors.CommunicationError as e:
-            return cast(BaseException, e)
-        except Exception as e:  # the Evaluator rejected the whole call: the caller's error
-            chunk.fail(with_remote_cause(e))
-        else:
-            if "output" in reply:
-                show_output(d.link.name, reply["output"])
-            self.record(chunk.task, reply["seconds"], len(chunk.args))
-            if self.reporter is not None:  # before resolve: a finished map has been reported in full
-                self.report(self.reporter, d.link.name, chunk, start)
-            chunk.resolve(reply["results"], reply["errors"])
-        return None
-
-    def report(self, reporter: RunReporter, worker: str, chunk: Chunk, start: float) -> None:
-        """Tell the dashboard of a finished call: a task-stream event and tasks done/queued/running."""
-        n = len(chunk.args)
-        with self.lock:
-            if chunk.future.done():  # a duplicate of a call judged hung: counted once
-                return
-            self.reported += n
-            done = self.reported
-            queued = sum(len(c.args) for c in self.pending if not c.future.done())
-            running = sum(len(c.chunk.args) for link in self.links.values() for c in link.calls.values()) - n
-        name = chunk.task.split(" ", 1)[0]  # a script function's reference ends in its options
-        reporter.task(worker, start, time.time(), name if n == 1 else f"{name} x{n}")
-        reporter.progress(done, None, queued=queued, running=max(0, running))
-
     def options(self) -> dict[str, Any]:
         """Keyword arguments of ``Evaluator.batch`` beyond the chunk: run id and output."""
-        options: dict[str, Any] = {"run": self.run_id}
-        if self.show_output:
-            options["output"] = True
-        return options
+        if self._options is None:  # show_output is set once, right after the pool made us
+            self._options = {"run": self.run_id, **({"output": True} if self.show_output else {})}
+        return self._options
 
     def set_shared(self, constants: dict[str, Any]) -> None:
         """Add constants for this pool's tasks; every worker gets them before its next chunk."""
@@ -309,24 +321,21 @@ class Scheduler:
             self.shared.update(constants)
             self.shared_version += 1
 
-    def push_shared(self, d: Dispatcher, proxy: Pyro4.Proxy) -> None:
-        """Send the pool's constants to ``d``'s worker (with serpent if marshal cannot carry them)."""
-        with self.lock:
-            version, constants = self.shared_version, dict(self.shared)
-        if proxy._pyroSerializer == "marshal" and not is_plain(constants):
-            with new_proxy(d.link.uri, "serpent", self.settings, self.settings.call_timeout) as other:
-                other.set_shared(self.run_id, constants)
-        else:
-            proxy.set_shared(self.run_id, constants)
-        d.shared_sent = version
+    call = calling.call
+    report = calling.report
+    push_shared = calling.push_shared
+    too_large = calling.too_large
+    judge = calling.judge
 
-    def too_large(self, chunk: Chunk, what: str) -> str:
-        return (f"task {chunk.task}: {what} probably larger than the workers' message size limit "
-                f"(PYRO_COMPUTE_MAX_MESSAGE_SIZE, {self.settings.max_message_size} bytes here); "
-                "send smaller pieces or raise the limit on both sides")
+    def finished(self, d: Dispatcher, chunk: Chunk, error: BaseException | None,
+                 lent: bool = False) -> Chunk | None:
+        """Account for a call; on a communication error decide between retry, requeue and fail.
 
-    def finished(self, d: Dispatcher, chunk: Chunk, error: BaseException | None) -> None:
-        """Account for a call; on a communication error decide between retry, requeue and fail."""
+        Returns:
+            The next chunk for ``d``, taken under the same lock (so that no other dispatcher
+            is woken for it), or None. ``lent``: a caller made the call in ``d``'s slot
+            (``inline``) and gives the slot back; then always None.
+        """
         call = d.link.calls[d.slot]
         verdict = None if error is None or call.aborted else self.judge(d.link, call, error)
         with self.lock:
@@ -335,20 +344,19 @@ class Scheduler:
             now = time.monotonic()
             for other in d.link.calls.values():
                 other.started = now  # the call queued behind this one starts running now
+            self.unpark(d.link)
             if verdict is not None and not call.aborted:
                 self.settle_failure(d.link, chunk, error, verdict)
                 self.wake_idle()  # a requeued chunk; after a success ``d`` takes the next one itself
+            if lent:
+                self.inline.give_back(d)
+                following = None
+            else:
+                following = self.take(d)
             self.check_over()
-        self.flush()
-
-    def judge(self, link: Link, call: Call, error: BaseException) -> str:
-        """Classify a failed call (probing the worker, outside the lock): retry, lost or too large."""
-        if isinstance(error, Pyro4.errors.ConnectionClosedError) and probe(link.uri, self.settings) == ANSWERS:
-            # A worker that still answers hung up. On a connection that sat idle it may have
-            # closed it as idle: reconnect and retry. On a connection made for this very call,
-            # it refused the message: over its size limit (ours or the result).
-            return "too large" if call.fresh or call.chunk.hangups >= 2 else "retry"
-        return "lost"
+        if self.deferred:  # whoever defers a failure flushes it after: no need to look under the lock
+            self.flush()
+        return following
 
     def settle_failure(self, link: Link, chunk: Chunk, error: BaseException | None, verdict: str) -> None:
         """Retry, requeue or fail a chunk whose call failed; caller holds the lock."""
@@ -380,8 +388,11 @@ class Scheduler:
 
     def check_over(self) -> None:
         """Once shut down with nothing left, let every thread exit; caller holds the lock."""
-        if self.shutting_down and not self.feeders and not self.over.is_set() and not self.outstanding():
+        if not self.shutting_down:
+            return  # only shutdown() waits on ``changed``
+        if not self.feeders and not self.over.is_set() and not self.outstanding():
             self.over.set()
+            self.inline.stop()
             for link in self.links.values():
                 for d in link.dispatchers:
                     d.wake.notify()
@@ -415,24 +426,9 @@ class Scheduler:
             if wait:
                 self.changed.wait_for(lambda: not self.outstanding())
         if wait and not self.feeders:
+            self.inline.release()
+            self.inline.join(timeout=5)
             for link in list(self.links.values()):
                 for d in link.dispatchers:
                     if d.thread is not None and d.thread is not threading.current_thread():
                         d.thread.join(timeout=5)
-
-
-def show_output(worker: str, output: Any) -> None:
-    """Print what a batch's tasks printed, each line prefixed by the worker that ran them."""
-    if not isinstance(output, list):
-        return
-    prefix = "[" + worker.removeprefix(NAME_PREFIX) + "] "
-    pending = {"stdout": "", "stderr": ""}
-    for entry in output:
-        if isinstance(entry, list) and len(entry) == 2 and entry[0] in pending and isinstance(entry[1], str):
-            pending[entry[0]] += entry[1]
-    for label, text in pending.items():
-        if text:
-            stream = sys.stdout if label == "stdout" else sys.stderr
-            lines = text.splitlines()
-            stream.write("".join(f"{prefix}{line}\n" for line in lines))
-            stream.flush()

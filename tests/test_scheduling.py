@@ -470,3 +470,112 @@ def test_done_callbacks_may_use_the_pool_when_shutdown_cancels_their_futures(clu
     assert not stopper.is_alive(), "shutdown deadlocked in a done callback"
     assert all(f.cancelled() for f in queued) and len(seen) == 5
     assert [f.result(timeout=T) for f in blockers] == [0, 1]
+
+
+# -- issue 12 item 4: a lone caller sends its own call ---------------------------------------------
+
+def test_a_lone_caller_sends_its_own_call_and_the_executor_contract_holds(cluster: LocalCluster) -> None:
+    with Pool(cluster=cluster) as pool:
+        inline = pool._scheduler.inline
+        assert pool.submit(remote_tasks.add, 0, 0).result(timeout=T) == 0  # measured from now on
+        before = inline.sent
+        assert [pool.submit(remote_tasks.add, i, 1).result(timeout=T) for i in range(50)] == list(range(1, 51))
+        sent = inline.sent - before
+        print(f"item 4: {sent} of 50 sequential submit().result() calls sent by the calling thread")
+        assert sent >= 25  # the rest lost the race to a dispatcher (1 ms later) on a loaded machine
+        # A lone submit nobody asks the result of still runs promptly (the waker hands it over).
+        started = time.monotonic()
+        lone = pool.submit(remote_tasks.add, 2, 2)
+        assert cf.wait([lone], timeout=T).done == {lone}
+        assert time.monotonic() - started < 1.0 and lone.result(timeout=0) == 4
+        assert next(cf.as_completed([pool.submit(remote_tasks.add, 3, 3)], timeout=T)).result(timeout=0) == 6
+        # result(timeout) shorter than the task's measured time never sends the call itself.
+        assert pool.submit(remote_tasks.sleep_then, 1.0, "x").result(timeout=T) == "x"
+        slow = pool.submit(remote_tasks.sleep_then, 1.0, "y")
+        started = time.monotonic()
+        with pytest.raises(cf.TimeoutError):
+            slow.result(timeout=0.2)
+        assert time.monotonic() - started < 0.8
+        assert slow.result(timeout=T) == "y"
+        # Errors and cancellation are the same as through a dispatcher.
+        with pytest.raises(ValueError, match="remote failure"):
+            pool.submit(remote_tasks.fail, "remote failure").result(timeout=T)
+        assert pool.submit(remote_tasks.fail, "again").exception(timeout=T).args == ("again",)
+
+
+def worker_listening_on(c: LocalCluster, port: int) -> subprocess.Popen[bytes]:
+    """The cluster's worker process whose daemon listens on ``port``."""
+    import psutil
+    for w in c.workers:
+        if any(s.laddr.port == port and s.status == psutil.CONN_LISTEN
+               for s in psutil.Process(w.pid).net_connections(kind="tcp")):
+            return w
+    raise AssertionError(f"no worker listens on port {port}")
+
+
+def test_a_worker_hung_during_a_call_sent_by_its_caller_costs_seconds() -> None:
+    with make_cluster(2) as c, Pool(cluster=c) as pool:
+        sched = pool._scheduler
+        assert pool.submit(remote_tasks.slow_pid, 0.5).result(timeout=T) > 0  # measured: 0.5 s
+        for _attempt in range(5):  # until the call is caught being sent by its caller
+            got: list[int] = []
+            caller = threading.Thread(target=lambda: got.append(pool.submit(remote_tasks.slow_pid, 0.5)
+                                                                  .result(timeout=T)))
+            caller.start()
+            deadline = time.monotonic() + 5
+            while not sched.inline.lent and caller.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.005)
+            with sched.lock:
+                lent = [d.link for d in sched.inline.lent]
+            if lent:
+                break
+            caller.join(T)
+        assert lent, "no call was sent by its caller in 5 tries"
+        stopped = worker_listening_on(c, Pyro4.URI(lent[0].uri).port)
+        stopped.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            caller.join(T)
+            elapsed = time.monotonic() - started
+            print(f"item 4: a call sent by its caller to a stopped worker finished elsewhere after {elapsed:.2f} s")
+            assert not caller.is_alive() and got and got[0] != stopped.pid
+            assert elapsed < 15
+        finally:
+            stopped.send_signal(signal.SIGCONT)
+
+
+# -- issue 11 item 6 / issue 12 item 6: chunk sizing and the cost per chunk ---------------------------
+
+def test_chunk_sizes_follow_task_times_weighted_by_tasks_per_call() -> None:
+    from pyro_compute import Settings
+    from pyro_compute.scheduler import MAX_CHUNK, Scheduler
+    sched = Scheduler(Settings())
+    sched.ok = 2
+    assert sched.chunk_size("t", 20_000) == 1  # unmeasured
+    sched.record("t", 0.001, 2500)  # 0.4 µs per task
+    for _ in range(30):  # the tail of a map: one-task calls whose fixed cost dominates
+        sched.record("t", 0.00001, 1)
+    assert sched.per_item["t"] < 1e-6
+    assert 2500 <= sched.chunk_size("t", 20_000) <= MAX_CHUNK  # 4 or 5 calls, not 64
+    assert sched.chunk_size("t", 20_000) == sched.chunk_size("t", 9)  # no shrinking below 2 ms of work
+    sched.record("s", 0.1003, 1)  # sleep(0.1)
+    assert sched.chunk_size("s", None) == 2
+    assert sched.chunk_size("s", 100) == 2 and sched.chunk_size("s", 3) == 1  # guided at the end
+    sched.record("m", 0.0101, 1)  # 10 ms tasks: about 0.2 s per call
+    assert 15 <= sched.chunk_size("m", None) <= 25
+
+
+def test_dispatchers_behind_long_calls_are_parked_out_of_the_wake_up_scan(cluster: LocalCluster) -> None:
+    with Pool(cluster=cluster) as pool:
+        sched = pool._scheduler
+        assert pool.submit(remote_tasks.sleep_then, 0.5, 0).result(timeout=T) == 0  # measured: long
+        results = pool.map(remote_tasks.sleep_then, [0.5] * 8, range(8), timeout=T)
+        time.sleep(0.25)
+        with sched.lock:
+            busy = [link for link in sched.links.values() if link.calls]
+            siblings = {d for link in busy for d in link.dispatchers if d.slot not in link.calls}
+            parked, idle = set(sched.parked), set(sched.idle)
+        assert len(busy) == 2 and siblings and siblings <= parked and not siblings & idle
+        assert list(results) == list(range(8))
+        with sched.lock:
+            assert not sched.parked and all(not link.calls for link in sched.links.values())
