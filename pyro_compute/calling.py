@@ -14,6 +14,7 @@ import Pyro4.errors
 from .chunk import Chunk, with_remote_cause
 from .dashboard_state import RunReporter
 from .links import ANSWERS, Call, Dispatcher, Link, connect, new_proxy, probe
+from .references import first_object, object_argument_refusal
 from .sending import encode_rows, show_output
 from .wire import foreign, from_serpent, is_plain
 
@@ -49,11 +50,11 @@ def call(sched: Scheduler, d: Dispatcher, proxy: Pyro4.Proxy, chunk: Chunk,
         elif "serpent" in reply:
             reply["results"] = from_serpent(reply["serpent"])
     except (Pyro4.errors.SerializeError, Pyro4.errors.MessageTooLargeError) as e:
-        chunk.fail(e)
+        chunk.fail(_object_refused(chunk, e))
     except Pyro4.errors.CommunicationError as e:
         return cast(BaseException, e)
     except Exception as e:  # the Evaluator rejected the whole call: the caller's error
-        chunk.fail(with_remote_cause(e))
+        chunk.fail(_object_refused(chunk, with_remote_cause(e)))
     else:
         if "output" in reply:
             show_output(d.link.name, reply["output"])
@@ -106,3 +107,11 @@ def judge(sched: Scheduler, link: Link, call: Call, error: BaseException) -> str
         # it refused the message: over its size limit (ours or the result).
         return "too large" if call.fresh or call.chunk.hangups >= 2 else "retry"
     return "lost"
+
+
+def _object_refused(chunk: Chunk, error: BaseException) -> BaseException:
+    """A worker's refusal to rebuild an object among the arguments, as a TypeError saying what to do."""
+    obj = first_object(chunk.args)
+    if obj is None or type(obj).__qualname__ not in str(error):
+        return error
+    return TypeError(object_argument_refusal(chunk.args))

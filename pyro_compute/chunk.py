@@ -19,9 +19,19 @@ class TaskFuture(concurrent.futures.Future[Any]):
 
     Outside tasks, a submitted task still queued when its result is asked for may be sent by
     the waiting thread itself (``runner``, see ``inline``): no thread hand-off either way.
+    ``callback`` lists the callables given to ``add_done_callback``, as SCOOP's ``Future.callback``.
     """
 
     runner: Callable[[TaskFuture, float | None], None] | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.callback: list[Callable[[concurrent.futures.Future[Any]], object]] = []
+
+    def add_done_callback(self, fn: Callable[[concurrent.futures.Future[Any]], object]) -> None:
+        """Call ``fn(self)`` once done (now, if done already) and list it in ``callback``."""
+        self.callback.append(fn)
+        super().add_done_callback(fn)
 
     def result(self, timeout: float | None = None) -> Any:
         """The result (``concurrent.futures.Future.result``); see the class docstring."""

@@ -56,7 +56,7 @@ MUTANTS = [
            "pyro_compute/status.py", '"busy_percent": 100.0 * busy / uptime if uptime > 0 else 0.0',
            '"busy_percent": 0.0', ("tests/test_promises.py::test_status_figures_after_known_work",)),
     Mutant("futures.submit drops keyword arguments", "SCOOP's API",
-           "pyro_compute/futures.py", "return default_pool().submit(func, *args, **_seeded(kwargs, \"submit\"))",
+           "pyro_compute/futures.py", "return default_pool().submit(func, *args, **_seeded(kwargs))",
            "return default_pool().submit(func, *args)",
            ("tests/test_promises.py::test_every_scoop_function_round_trips_values",)),
     Mutant("worker skips draining on SIGTERM", "SIGTERM leaving loses nothing, without retries",
