@@ -1,9 +1,11 @@
 """LocalCluster: a name server and N compute-worker processes on 127.0.0.1, for one run."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
+import select
 import signal
 import socket
 import subprocess
@@ -12,7 +14,7 @@ import tempfile
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, Union
 
 import Pyro4
 import Pyro4.errors
@@ -23,7 +25,14 @@ from .diagnose import connect_ns
 from .wire import register_wire
 
 LOCALHOST = "127.0.0.1"
+POLL = 0.01  # seconds between looks at the name server while the cluster starts
 log = logging.getLogger(__name__)
+# Runs pyro_compute.naming without the package's __init__, which imports the client API (NumPy,
+# tqdm, the pool): the name server needs Pyro4 and five small modules, so it answers sooner and
+# holds a third of the memory. argv[1] is the package's directory.
+_LIGHT_NAMESERVER = ("import sys, types; package = types.ModuleType('pyro_compute'); "
+                     "package.__path__ = [sys.argv.pop(1)]; sys.modules['pyro_compute'] = package; "
+                     "from pyro_compute.naming import main; sys.exit(main())")
 
 
 def free_port() -> int:
@@ -67,14 +76,15 @@ class LocalCluster:
         self._env = dict(env or {})
         self._logdir = tempfile.TemporaryDirectory(prefix="pyro-compute-")
         self.nameserver: subprocess.Popen[bytes] | None = None
-        self.workers: list[subprocess.Popen[bytes]] = []
+        self.workers: list[WorkerProcess] = []
         self._ns_procs: list[subprocess.Popen[bytes]] = []
+        self._stoppable: list[WorkerProcess] = []  # the fork server, then every worker
+        self._forked: _ForkServer | None = None
         self._count = 0
-        self._finalizer = weakref.finalize(self, terminate, self.workers, self._ns_procs)
+        self._finalizer = weakref.finalize(self, terminate, self._stoppable, self._ns_procs)
         try:
-            self.start_nameserver(wait=False)  # workers import and warm up meanwhile
-            for _ in range(self.n_workers):
-                self.start_worker(wait=False)
+            self.start_nameserver(wait=False)  # the workers' process imports and warms up meanwhile
+            self._start_fork_server()
             self._wait_for_nameserver()
             self.wait_for_workers(self.n_workers)
             log.info("local cluster up: name server %s, %d workers", self.ns, self.n_workers)
@@ -94,7 +104,8 @@ class LocalCluster:
         # one select loop with a pre-auth budget), serpent only.
         env = {"PYRO_HMAC_KEY": self.settings.hmac_key,
                "PYRO_MAX_MESSAGE_SIZE": str(self.settings.max_message_size)}
-        self.nameserver = self._spawn("nameserver", [sys.executable, "-m", "pyro_compute.naming",
+        package = os.path.dirname(os.path.abspath(__file__))
+        self.nameserver = self._spawn("nameserver", [sys.executable, "-c", _LIGHT_NAMESERVER, package,
                                                      "-n", host, "-p", str(port)], env)
         self._ns_procs.append(self.nameserver)
         if wait:
@@ -113,7 +124,7 @@ class LocalCluster:
                 if time.monotonic() > deadline:
                     raise ClusterError(f"the name server did not answer on {self.ns} within "
                                        f"{self.startup_timeout:.0f} s") from None
-                time.sleep(0.05)
+                time.sleep(POLL)
 
     def stop_nameserver(self, sig: int = signal.SIGTERM) -> None:
         """Stop the name server (workers keep serving); for tests of name server loss."""
@@ -121,22 +132,50 @@ class LocalCluster:
             self.nameserver.send_signal(sig)
             self.nameserver.wait(timeout=10)
 
+    def _start_fork_server(self) -> None:
+        """Start the one process that warms up and forks the first ``n_workers`` workers."""
+        read_fd, write_fd = os.pipe()
+        cmd = [sys.executable, "-m", "pyro_compute.forkserver", "--ns", self.ns, "--name",
+               f"local.{os.getpid()}", "-n", str(self.n_workers), "--status-fd", str(write_fd),
+               *self._worker_options()]
+        try:
+            server = self._spawn("workers", cmd, self._worker_env(), pass_fds=(write_fd,))
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        self._forked = _ForkServer(server, read_fd)
+        self._stoppable.append(server)
+        self._count = self.n_workers
+
     def start_worker(self, *args: str, wait: bool = True) -> subprocess.Popen[bytes]:
         """Start one more worker (extra ``compute-worker`` arguments in ``args``)."""
         name = f"local.{os.getpid()}.{self._count}"
         self._count += 1
-        cmd = [sys.executable, "-m", "pyro_compute.worker", "--ns", self.ns, "--name", name, *args]
-        if self.script:
-            cmd += ["--script", self.script]
-        if self.by_value:
-            cmd.append("--allow-by-value")
-        env = {k: v for k, v in self.settings.as_env().items()
-               if k in ("PYRO_COMPUTE_HMAC_KEY", "PYRO_COMPUTE_ALLOW_MODULES")}
-        proc = self._spawn(name, cmd, env)
+        cmd = [sys.executable, "-m", "pyro_compute.worker", "--ns", self.ns, "--name", name, *args,
+               *self._worker_options()]
+        proc = self._spawn(name, cmd, self._worker_env())
         self.workers.append(proc)
+        self._stoppable.append(proc)
         if wait:
             self.wait_for_workers(len(self.registered()) + 1)
         return proc
+
+    def _worker_options(self) -> list[str]:
+        return (["--script", self.script] if self.script else []) + (
+            ["--allow-by-value"] if self.by_value else [])
+
+    def _worker_env(self) -> dict[str, str]:
+        return {k: v for k, v in self.settings.as_env().items()
+                if k in ("PYRO_COMPUTE_HMAC_KEY", "PYRO_COMPUTE_ALLOW_MODULES")}
+
+    def _collect_forked(self) -> None:
+        """Add a handle to ``workers`` for each worker the fork server reported since the last look."""
+        if self._forked is not None:
+            for handle in self._forked.new_workers():
+                self.workers.append(handle)
+                self._stoppable.append(handle)
 
     def registered(self) -> dict[str, str]:
         """Worker names and URIs currently in the name server."""
@@ -151,19 +190,28 @@ class LocalCluster:
             ClusterError: a worker exited or the startup timeout passed.
         """
         deadline = time.monotonic() + self.startup_timeout
-        while len(self.registered()) < count:
-            for proc in self.workers:
+        while True:
+            self._collect_forked()
+            if len(self.registered()) >= count and self._forked_all():
+                return
+            for proc in self._stoppable:
                 self._check_alive(proc, "a worker")
             if time.monotonic() > deadline:
                 raise ClusterError(f"only {len(self.registered())} of {count} workers registered "
                                    f"within {self.startup_timeout:.0f} s; logs in {self._logdir.name}")
-            time.sleep(0.05)
+            time.sleep(POLL)
+
+    def _forked_all(self) -> bool:
+        """Whether every worker of the fork server has its handle in ``workers``."""
+        return self._forked is None or self._forked.count >= self.n_workers
 
     def close(self) -> None:
         """Stop every worker, then the name server; kill what does not stop in 10 s. Idempotent."""
         if self._finalizer.alive:
             log.info("stopping local cluster at %s", self.ns)
         self._finalizer()
+        if self._forked is not None:
+            self._forked.close()
         self._logdir.cleanup()
 
     def __enter__(self) -> LocalCluster:
@@ -172,16 +220,17 @@ class LocalCluster:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _spawn(self, label: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, label: str, cmd: list[str], env: dict[str, str],
+               pass_fds: Sequence[int] = ()) -> subprocess.Popen[bytes]:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("PYRO")}
         full_env.update(self._env)
         full_env.update(env)
         log = open(Path(self._logdir.name) / f"{label}.log", "wb")
         with log:
             return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    env=full_env)
+                                    env=full_env, pass_fds=pass_fds)
 
-    def _check_alive(self, proc: subprocess.Popen[bytes], what: str) -> None:
+    def _check_alive(self, proc: WorkerProcess, what: str) -> None:
         if proc.poll() is None or proc.returncode in (-signal.SIGTERM, -signal.SIGKILL):
             return
         logs = sorted(Path(self._logdir.name).glob("*.log"))
@@ -201,8 +250,8 @@ def _worker_count(n_workers: int | None) -> int:
     return n_workers
 
 
-def terminate(workers: list[subprocess.Popen[bytes]], nameservers: list[subprocess.Popen[bytes]],
-               timeout: float = 10.0) -> None:
+def terminate(workers: Sequence[WorkerProcess], nameservers: Sequence[subprocess.Popen[bytes]],
+              timeout: float = 10.0) -> None:
     """Workers first (so they can unregister), then name servers; kill stragglers."""
     for group in (workers, nameservers):
         for proc in group:
@@ -215,3 +264,121 @@ def terminate(workers: list[subprocess.Popen[bytes]], nameservers: list[subproce
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=timeout)
+
+
+class _ForkServer:
+    """LocalCluster's end of the fork server's status pipe: which workers it forked, how each ended."""
+
+    def __init__(self, process: subprocess.Popen[bytes], fd: int) -> None:
+        self.process = process
+        self.count = 0  # workers reported so far
+        self.exits: dict[int, int] = {}
+        self._fd = fd
+        self._buffer = b""
+        self._new: list[ForkedWorker] = []
+        os.set_blocking(fd, False)
+        self._finalizer = weakref.finalize(self, _close_fd, fd)
+
+    def new_workers(self) -> list[ForkedWorker]:
+        """Handles of the workers forked since the last call."""
+        self.read()
+        new, self._new = self._new, []
+        return new
+
+    def read(self, timeout: float = 0.0) -> None:
+        """Take in the status lines written so far, waiting up to ``timeout`` for the first."""
+        if not self._finalizer.alive:
+            return
+        if timeout > 0:
+            select.select([self._fd], [], [], timeout)
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(self._fd, 4096):
+                self._buffer += chunk
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for line in lines:
+            self._parse(line.decode(errors="replace").split())
+
+    def _parse(self, words: list[str]) -> None:
+        if len(words) == 3 and words[0] == "fork":
+            self._new.append(ForkedWorker(words[1], int(words[2]), self))
+            self.count += 1
+        elif len(words) == 3 and words[0] == "exit":
+            self.exits[int(words[1])] = int(words[2])
+
+    def status(self, pid: int) -> int | None:
+        """The exit code of worker ``pid``, or None while it runs."""
+        self.read()
+        if pid in self.exits:
+            return self.exits[pid]
+        if self.process.poll() is not None and not _exists(pid):
+            return -signal.SIGTERM  # the fork server died first; Linux sent the worker SIGTERM
+        return None
+
+    def close(self) -> None:
+        """Close the pipe (idempotent)."""
+        self._finalizer()
+
+
+class ForkedWorker:
+    """A worker the fork server forked, with the parts of ``subprocess.Popen`` that callers use."""
+
+    def __init__(self, name: str, pid: int, server: _ForkServer) -> None:
+        self.name = name
+        self.pid = pid
+        self.args = ["pyro_compute.forkserver", name]
+        self.returncode: int | None = None
+        self._server = server
+
+    def poll(self) -> int | None:
+        """The exit code, or None while it runs."""
+        if self.returncode is None:
+            self.returncode = self._server.status(self.pid)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait until it has exited; return its exit code.
+
+        Raises:
+            subprocess.TimeoutExpired: it still runs after ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+            self._server.read(timeout=0.05)
+        return code
+
+    def send_signal(self, sig: int) -> None:
+        """Send ``sig`` unless it has exited already."""
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):  # exited; its status is on the way
+                os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        """SIGTERM: it drains, unregisters and exits."""
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL."""
+        self.send_signal(signal.SIGKILL)
+
+    def __repr__(self) -> str:
+        return f"<ForkedWorker {self.name} pid {self.pid} returncode {self.returncode}>"
+
+
+WorkerProcess = Union["subprocess.Popen[bytes]", ForkedWorker]
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _close_fd(fd: int) -> None:
+    with contextlib.suppress(OSError):  # closed already
+        os.close(fd)

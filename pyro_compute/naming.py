@@ -27,9 +27,9 @@ import Pyro4
 
 from .config import NAME_PREFIX, Settings, require_secret
 from .diagnose import explain_bind, peer_alive
-from .errors import ConfigError
+from .errors import ConfigError, register_errors
+from .serializers import harden
 from .server import GuardedNameServerDaemon
-from .wire import register_wire
 
 log = logging.getLogger("pyro_compute.naming")
 PRUNE_INTERVAL = 3.0  # seconds between probes of every registered worker
@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     Pyro4.config.SERIALIZERS_ACCEPTED = {"serpent"}
     Pyro4.config.SERIALIZER = "serpent"
-    register_wire()
+    # No NumPy hooks (pyro_compute.wire): names and metadata are plain text, so arrays are refused.
+    register_errors()
+    harden()
     try:
         daemon = GuardedNameServerDaemon(args.host, args.port)
     except OSError as e:
