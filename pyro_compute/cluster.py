@@ -135,7 +135,7 @@ class LocalCluster:
     def _start_fork_server(self) -> None:
         """Start the one process that warms up and forks the first ``n_workers`` workers."""
         read_fd, write_fd = os.pipe()
-        cmd = [sys.executable, "-m", "pyro_compute.forkserver", "--ns", self.ns, "--name",
+        cmd = [sys.executable, "-m", "pyro_compute.worker", "--ns", self.ns, "--name",
                f"local.{os.getpid()}", "-n", str(self.n_workers), "--status-fd", str(write_fd),
                *self._worker_options()]
         try:
@@ -325,7 +325,7 @@ class ForkedWorker:
     def __init__(self, name: str, pid: int, server: _ForkServer) -> None:
         self.name = name
         self.pid = pid
-        self.args = ["pyro_compute.forkserver", name]
+        self.args = ["pyro_compute.worker", "--name", name]
         self.returncode: int | None = None
         self._server = server
 

@@ -234,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure", action="store_true",
                    help="serve without a secret (anyone who can connect may call); loopback only")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log debug messages")
+    # LocalCluster's: fork -n workers that are not restarted, report them on this pipe (forkserver.py).
+    p.add_argument("--status-fd", type=int, default=-1, help=argparse.SUPPRESS)
     from .supervisor import add_workers_argument  # here: supervisor imports this module
     add_workers_argument(p)
     return p
@@ -264,6 +266,10 @@ def _run(args: argparse.Namespace) -> int:
     require_secret(settings, args.insecure, "compute-worker", settings.host)
     check_reachable(settings)
     configure_pyro(settings)
+    if args.status_fd >= 0:
+        from .forkserver import serve_for_cluster
+        return serve_for_cluster(settings, args.workers or 1, args.name, args.script,
+                                 args.allow_by_value, args.status_fd)
     if (args.workers or 1) > 1:
         return supervisor.serve_many(settings, args.workers, name=args.name, port=args.port,
                                      script=args.script, by_value=args.allow_by_value)
