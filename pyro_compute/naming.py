@@ -110,8 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     pruner = Pruner(daemon.nameserver, secret)
     pruner.thread.start()
     stopping: list[bool] = []  # a plain flag: an Event set in nested signal handlers can deadlock
+
+    def stop(*_: Any) -> None:
+        stopping.append(True)
+        daemon.transportServer.wakeup()  # ends the loop now, not at its next 0.2 s tick; takes no lock
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stopping.append(True))
+        signal.signal(sig, stop)
     print(f"NS running on {daemon.locationStr}", flush=True)
     print(f"URI = {daemon.uriFor(daemon.nameserver)}", flush=True)
     try:

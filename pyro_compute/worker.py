@@ -128,8 +128,10 @@ class Worker:
             log.info("worker %s stopped", self.name)
 
     def stop(self) -> None:
-        """Ask the request loop to finish; sets a plain flag only, so safe in (nested) signal handlers."""
+        """Ask the request loop to finish; sets a flag and wakes the loop, so safe in (nested) signal handlers."""
         self._stopping = True
+        # The loop would notice within its 0.2 s tick; the wake-up byte (no lock taken) ends it now.
+        self.daemon.transportServer.wakeup()
 
     def _drain(self, timeout: float) -> None:
         """Let a running batch finish, and its reply go out, so its pool gets the result instead of retrying it."""
@@ -268,8 +270,8 @@ def _run(args: argparse.Namespace) -> int:
     configure_pyro(settings)
     if args.status_fd >= 0:
         from .forkserver import serve_for_cluster
-        return serve_for_cluster(settings, args.workers or 1, args.name, args.script,
-                                 args.allow_by_value, args.status_fd)
+        serve_for_cluster(settings, args.workers or 1, args.name, args.script, args.allow_by_value,
+                          args.status_fd)
     if (args.workers or 1) > 1:
         return supervisor.serve_many(settings, args.workers, name=args.name, port=args.port,
                                      script=args.script, by_value=args.allow_by_value)
