@@ -170,12 +170,12 @@ class LocalCluster:
         return {k: v for k, v in self.settings.as_env().items()
                 if k in ("PYRO_COMPUTE_HMAC_KEY", "PYRO_COMPUTE_ALLOW_MODULES")}
 
-    def _collect_forked(self) -> None:
+    def _collect_forked(self) -> list[ForkedWorker]:
         """Add a handle to ``workers`` for each worker the fork server reported since the last look."""
-        if self._forked is not None:
-            for handle in self._forked.new_workers():
-                self.workers.append(handle)
-                self._stoppable.append(handle)
+        new = self._forked.new_workers() if self._forked is not None else []
+        self.workers.extend(new)
+        self._stoppable.extend(new)
+        return new
 
     def registered(self) -> dict[str, str]:
         """Worker names and URIs currently in the name server."""
@@ -190,11 +190,13 @@ class LocalCluster:
             ClusterError: a worker exited or the startup timeout passed.
         """
         deadline = time.monotonic() + self.startup_timeout
+        self._collect_forked()
+        watched = [p for p in self._stoppable if p.poll() is None]  # not those stopped before
         while True:
-            self._collect_forked()
+            new = self._collect_forked()
             if len(self.registered()) >= count and self._forked_all():
                 return
-            for proc in self._stoppable:
+            for proc in [*watched, *new]:
                 self._check_alive(proc, "a worker")
             if time.monotonic() > deadline:
                 raise ClusterError(f"only {len(self.registered())} of {count} workers registered "
