@@ -57,17 +57,22 @@ marks["first result"] = time.perf_counter()
 marks["last worker registered (its log)"] = logged(local, "registered pyro_compute.evaluator")
 procs = psutil.Process().children(recursive=True)
 pss = {p.pid: p.memory_full_info().pss / 2**20 for p in procs}
+cpu = {p.pid: sum(p.cpu_times()[:2]) for p in procs}  # user + system seconds, load-independent
 listed = [local.nameserver.pid, *(w.pid for w in local.workers)]
 ns = pss.get(local.nameserver.pid, 0.0)
 pool.shutdown()
 t_close = time.perf_counter()
 local.close()
 out = {k: v - t0 for k, v in marks.items()}
+out["B7: LocalCluster(2) call to first result"] = marks["first result"] - marks["import pyro_compute"]
 out["close()"] = time.perf_counter() - t_close
 out["PSS, every process (MiB)"] = sum(pss.values())
 out["PSS, as B7: name server + workers (MiB)"] = sum(pss.get(p, 0.0) for p in listed)
 out["PSS, name server (MiB)"] = ns
 out["processes"] = len(procs)
+out["CPU s to first result, every cluster process"] = sum(cpu.values())
+out["CPU s, name server"] = cpu.get(local.nameserver.pid, 0.0)
+out["CPU s, busiest cluster process"] = max(cpu.values())
 print(json.dumps(out))
 '''
 
@@ -121,7 +126,7 @@ def measure(trees: dict[str, Path], repeat: int) -> dict[str, dict[str, list[flo
 
 
 def table(results: dict[str, dict[str, list[float]]]) -> str:
-    """Medians per metric and tree, as a markdown table (times in seconds since the process started)."""
+    """Medians per metric and tree, as a markdown table (phase times: seconds since the Python started)."""
     labels = list(results)
     keys = list(next(iter(results.values())))
     lines = ["| metric (median) | " + " | ".join(labels) + " |", "| --- |" + " ---: |" * len(labels)]

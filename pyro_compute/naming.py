@@ -113,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def stop(*_: Any) -> None:
         stopping.append(True)
-        daemon.transportServer.wakeup()  # ends the loop now, not at its next 0.2 s tick; takes no lock
+        server = daemon.transportServer  # None once closed
+        if server is not None:
+            server.wakeup()  # ends the loop now, not at its next 0.2 s tick; takes no lock
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop)
     print(f"NS running on {daemon.locationStr}", flush=True)

@@ -131,7 +131,9 @@ class Worker:
         """Ask the request loop to finish; sets a flag and wakes the loop, so safe in (nested) signal handlers."""
         self._stopping = True
         # The loop would notice within its 0.2 s tick; the wake-up byte (no lock taken) ends it now.
-        self.daemon.transportServer.wakeup()
+        server = getattr(self.daemon, "transportServer", None)  # None once the daemon is closed
+        if server is not None:
+            server.wakeup()
 
     def _drain(self, timeout: float) -> None:
         """Let a running batch finish, and its reply go out, so its pool gets the result instead of retrying it."""
