@@ -194,14 +194,19 @@ class LocalCluster:
         watched = [p for p in self._stoppable if p.poll() is None]  # not those stopped before
         while True:
             new = self._collect_forked()
-            if len(self.registered()) >= count and self._forked_all():
+            # Until the fork server has forked them all, its pipe says more than the name server
+            # and asking costs nothing (each name server poll is a connection that competes for CPU).
+            if self._forked_all() and len(self.registered()) >= count:
                 return
             for proc in [*watched, *new]:
                 self._check_alive(proc, "a worker")
             if time.monotonic() > deadline:
                 raise ClusterError(f"only {len(self.registered())} of {count} workers registered "
                                    f"within {self.startup_timeout:.0f} s; logs in {self._logdir.name}")
-            time.sleep(POLL)
+            if self._forked is not None and not self._forked_all() and self._forked.process.poll() is None:
+                self._forked.read(timeout=5 * POLL)  # back at once when a line arrives
+            else:
+                time.sleep(POLL)
 
     def _forked_all(self) -> bool:
         """Whether every worker of the fork server has its handle in ``workers``."""
