@@ -1,4 +1,14 @@
-"""LocalCluster: a name server and N compute-worker processes on 127.0.0.1, for one run."""
+"""LocalCluster: a name server and N compute-worker processes on 127.0.0.1, for one run.
+
+::
+
+    LocalCluster ─┬─ name server        (pyro_compute.naming without the package __init__: no NumPy)
+                  └─ fork server        (compute-worker -n N --status-fd: warms the kernels once)
+                       ├─ worker .0     forked: shares the warm memory copy-on-write
+                       └─ worker .1     ...      ``workers`` holds a Popen-like ForkedWorker for each
+
+Workers added later with ``start_worker`` are separate ``compute-worker`` processes, as before.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -44,6 +54,10 @@ def free_port() -> int:
 
 class LocalCluster:
     """Start a Pyro4 name server and ``n_workers`` workers as child processes; stop them on close.
+
+    The workers are forked from one process that loaded NumPy, Numba and the kernels once; each
+    has a handle in ``workers`` (``pid``, ``poll``, ``wait``, ``terminate``, ``kill``,
+    ``send_signal``, as ``subprocess.Popen``). A worker that dies is not restarted.
 
     Args:
         n_workers: how many worker processes (default: one per core).
