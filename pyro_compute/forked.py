@@ -6,6 +6,7 @@ import os
 import select
 import signal
 import subprocess
+import threading
 import time
 import weakref
 from typing import Union
@@ -21,6 +22,7 @@ class ForkServer:
         self._fd = fd
         self._buffer = b""
         self._new: list[ForkedWorker] = []
+        self._lock = threading.Lock()  # handles may be polled from several threads
         os.set_blocking(fd, False)
         self._finalizer = weakref.finalize(self, _close_fd, fd)
 
@@ -35,13 +37,17 @@ class ForkServer:
         if not self._finalizer.alive:
             return
         if timeout > 0:
-            select.select([self._fd], [], [], timeout)
-        with contextlib.suppress(BlockingIOError):
-            while chunk := os.read(self._fd, 4096):
-                self._buffer += chunk
-        *lines, self._buffer = self._buffer.split(b"\n")
-        for line in lines:
-            self._parse(line.decode(errors="replace").split())
+            with contextlib.suppress(OSError):  # closed meanwhile by another thread: nothing to wait for
+                select.select([self._fd], [], [], timeout)
+        with self._lock:
+            if not self._finalizer.alive:
+                return
+            with contextlib.suppress(BlockingIOError):
+                while chunk := os.read(self._fd, 4096):
+                    self._buffer += chunk
+            *lines, self._buffer = self._buffer.split(b"\n")
+            for line in lines:
+                self._parse(line.decode(errors="replace").split())
 
     def _parse(self, words: list[str]) -> None:
         if len(words) == 3 and words[0] == "fork":
@@ -61,7 +67,8 @@ class ForkServer:
 
     def close(self) -> None:
         """Close the pipe (idempotent)."""
-        self._finalizer()
+        with self._lock:
+            self._finalizer()
 
 
 class ForkedWorker:
