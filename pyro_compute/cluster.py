@@ -96,8 +96,8 @@ class LocalCluster:
         self._count = 0
         self._finalizer = weakref.finalize(self, terminate, self._stoppable, self._ns_procs)
         try:
-            self.start_nameserver(wait=False)  # the workers' process imports and warms up meanwhile
-            self._start_fork_server()
+            self._start_fork_server()  # first: its import and warm-up are the longest part
+            self.start_nameserver(wait=False)  # up long before the first worker registers
             self._wait_for_nameserver()
             self.wait_for_workers(self.n_workers)
             log.info("local cluster up: name server %s, %d workers", self.ns, self.n_workers)
