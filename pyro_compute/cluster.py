@@ -1,4 +1,14 @@
-"""LocalCluster: a name server and N compute-worker processes on 127.0.0.1, for one run."""
+"""LocalCluster: a name server and N compute-worker processes on 127.0.0.1, for one run.
+
+::
+
+    LocalCluster ─┬─ name server        (pyro_compute.naming without the package __init__: no NumPy)
+                  └─ fork server        (compute-worker -n N --status-fd: warms the kernels once)
+                       ├─ worker .0     forked: shares the warm memory copy-on-write
+                       └─ worker .1     ...      ``workers`` holds a Popen-like ForkedWorker for each
+
+Workers added later with ``start_worker`` are separate ``compute-worker`` processes, as before.
+"""
 from __future__ import annotations
 
 import logging
@@ -20,10 +30,18 @@ import Pyro4.errors
 from .config import NAME_PREFIX, Settings
 from .errors import ClusterError, WorkerUnavailableError
 from .diagnose import connect_ns
+from .forked import ForkedWorker, ForkServer, WorkerProcess
 from .wire import register_wire
 
 LOCALHOST = "127.0.0.1"
+POLL = 0.01  # seconds between looks at the name server while the cluster starts
 log = logging.getLogger(__name__)
+# Runs pyro_compute.naming without the package's __init__, which imports the client API (NumPy,
+# tqdm, the pool): the name server needs Pyro4 and five small modules, so it answers sooner and
+# holds a third of the memory. argv[1] is the package's directory.
+_LIGHT_NAMESERVER = ("import sys, types; package = types.ModuleType('pyro_compute'); "
+                     "package.__path__ = [sys.argv.pop(1)]; sys.modules['pyro_compute'] = package; "
+                     "from pyro_compute.naming import main; sys.exit(main())")
 
 
 def free_port() -> int:
@@ -35,6 +53,10 @@ def free_port() -> int:
 
 class LocalCluster:
     """Start a Pyro4 name server and ``n_workers`` workers as child processes; stop them on close.
+
+    The workers are forked from one process that loaded NumPy, Numba and the kernels once; each
+    has a handle in ``workers`` (``pid``, ``poll``, ``wait``, ``terminate``, ``kill``,
+    ``send_signal``, as ``subprocess.Popen``). A worker that dies is not restarted.
 
     Args:
         n_workers: how many worker processes (default: one per core).
@@ -67,14 +89,15 @@ class LocalCluster:
         self._env = dict(env or {})
         self._logdir = tempfile.TemporaryDirectory(prefix="pyro-compute-")
         self.nameserver: subprocess.Popen[bytes] | None = None
-        self.workers: list[subprocess.Popen[bytes]] = []
+        self.workers: list[WorkerProcess] = []
         self._ns_procs: list[subprocess.Popen[bytes]] = []
+        self._stoppable: list[WorkerProcess] = []  # the fork server, then every worker
+        self._forked: ForkServer | None = None
         self._count = 0
-        self._finalizer = weakref.finalize(self, terminate, self.workers, self._ns_procs)
+        self._finalizer = weakref.finalize(self, terminate, self._stoppable, self._ns_procs)
         try:
-            self.start_nameserver(wait=False)  # workers import and warm up meanwhile
-            for _ in range(self.n_workers):
-                self.start_worker(wait=False)
+            self._start_fork_server()  # first: its import and warm-up are the longest part
+            self.start_nameserver(wait=False)  # up long before the first worker registers
             self._wait_for_nameserver()
             self.wait_for_workers(self.n_workers)
             log.info("local cluster up: name server %s, %d workers", self.ns, self.n_workers)
@@ -94,7 +117,8 @@ class LocalCluster:
         # one select loop with a pre-auth budget), serpent only.
         env = {"PYRO_HMAC_KEY": self.settings.hmac_key,
                "PYRO_MAX_MESSAGE_SIZE": str(self.settings.max_message_size)}
-        self.nameserver = self._spawn("nameserver", [sys.executable, "-m", "pyro_compute.naming",
+        package = os.path.dirname(os.path.abspath(__file__))
+        self.nameserver = self._spawn("nameserver", [sys.executable, "-c", _LIGHT_NAMESERVER, package,
                                                      "-n", host, "-p", str(port)], env)
         self._ns_procs.append(self.nameserver)
         if wait:
@@ -113,7 +137,7 @@ class LocalCluster:
                 if time.monotonic() > deadline:
                     raise ClusterError(f"the name server did not answer on {self.ns} within "
                                        f"{self.startup_timeout:.0f} s") from None
-                time.sleep(0.05)
+                time.sleep(POLL)
 
     def stop_nameserver(self, sig: int = signal.SIGTERM) -> None:
         """Stop the name server (workers keep serving); for tests of name server loss."""
@@ -121,22 +145,50 @@ class LocalCluster:
             self.nameserver.send_signal(sig)
             self.nameserver.wait(timeout=10)
 
+    def _start_fork_server(self) -> None:
+        """Start the one process that warms up and forks the first ``n_workers`` workers."""
+        read_fd, write_fd = os.pipe()
+        cmd = [sys.executable, "-m", "pyro_compute.worker", "--ns", self.ns, "--name",
+               f"local.{os.getpid()}", "-n", str(self.n_workers), "--status-fd", str(write_fd),
+               *self._worker_options()]
+        try:
+            server = self._spawn("workers", cmd, self._worker_env(), pass_fds=(write_fd,))
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        self._forked = ForkServer(server, read_fd)
+        self._stoppable.append(server)
+        self._count = self.n_workers
+
     def start_worker(self, *args: str, wait: bool = True) -> subprocess.Popen[bytes]:
         """Start one more worker (extra ``compute-worker`` arguments in ``args``)."""
         name = f"local.{os.getpid()}.{self._count}"
         self._count += 1
-        cmd = [sys.executable, "-m", "pyro_compute.worker", "--ns", self.ns, "--name", name, *args]
-        if self.script:
-            cmd += ["--script", self.script]
-        if self.by_value:
-            cmd.append("--allow-by-value")
-        env = {k: v for k, v in self.settings.as_env().items()
-               if k in ("PYRO_COMPUTE_HMAC_KEY", "PYRO_COMPUTE_ALLOW_MODULES")}
-        proc = self._spawn(name, cmd, env)
+        cmd = [sys.executable, "-m", "pyro_compute.worker", "--ns", self.ns, "--name", name, *args,
+               *self._worker_options()]
+        proc = self._spawn(name, cmd, self._worker_env())
         self.workers.append(proc)
+        self._stoppable.append(proc)
         if wait:
             self.wait_for_workers(len(self.registered()) + 1)
         return proc
+
+    def _worker_options(self) -> list[str]:
+        return (["--script", self.script] if self.script else []) + (
+            ["--allow-by-value"] if self.by_value else [])
+
+    def _worker_env(self) -> dict[str, str]:
+        return {k: v for k, v in self.settings.as_env().items()
+                if k in ("PYRO_COMPUTE_HMAC_KEY", "PYRO_COMPUTE_ALLOW_MODULES")}
+
+    def _collect_forked(self) -> list[ForkedWorker]:
+        """Add a handle to ``workers`` for each worker the fork server reported since the last look."""
+        new = self._forked.new_workers() if self._forked is not None else []
+        self.workers.extend(new)
+        self._stoppable.extend(new)
+        return new
 
     def registered(self) -> dict[str, str]:
         """Worker names and URIs currently in the name server."""
@@ -151,19 +203,35 @@ class LocalCluster:
             ClusterError: a worker exited or the startup timeout passed.
         """
         deadline = time.monotonic() + self.startup_timeout
-        while len(self.registered()) < count:
-            for proc in self.workers:
+        self._collect_forked()
+        watched = [p for p in self._stoppable if p.poll() is None]  # not those stopped before
+        while True:
+            new = self._collect_forked()
+            # Until the fork server has forked them all, its pipe says more than the name server
+            # and asking costs nothing (each name server poll is a connection that competes for CPU).
+            if self._forked_all() and len(self.registered()) >= count:
+                return
+            for proc in [*watched, *new]:
                 self._check_alive(proc, "a worker")
             if time.monotonic() > deadline:
                 raise ClusterError(f"only {len(self.registered())} of {count} workers registered "
                                    f"within {self.startup_timeout:.0f} s; logs in {self._logdir.name}")
-            time.sleep(0.05)
+            if self._forked is not None and not self._forked_all() and self._forked.process.poll() is None:
+                self._forked.read(timeout=5 * POLL)  # back at once when a line arrives
+            else:
+                time.sleep(POLL)
+
+    def _forked_all(self) -> bool:
+        """Whether every worker of the fork server has its handle in ``workers``."""
+        return self._forked is None or self._forked.count >= self.n_workers
 
     def close(self) -> None:
         """Stop every worker, then the name server; kill what does not stop in 10 s. Idempotent."""
         if self._finalizer.alive:
             log.info("stopping local cluster at %s", self.ns)
         self._finalizer()
+        if self._forked is not None:
+            self._forked.close()
         self._logdir.cleanup()
 
     def __enter__(self) -> LocalCluster:
@@ -172,16 +240,17 @@ class LocalCluster:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _spawn(self, label: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, label: str, cmd: list[str], env: dict[str, str],
+               pass_fds: Sequence[int] = ()) -> subprocess.Popen[bytes]:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("PYRO")}
         full_env.update(self._env)
         full_env.update(env)
         log = open(Path(self._logdir.name) / f"{label}.log", "wb")
         with log:
             return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    env=full_env)
+                                    env=full_env, pass_fds=pass_fds)
 
-    def _check_alive(self, proc: subprocess.Popen[bytes], what: str) -> None:
+    def _check_alive(self, proc: WorkerProcess, what: str) -> None:
         if proc.poll() is None or proc.returncode in (-signal.SIGTERM, -signal.SIGKILL):
             return
         logs = sorted(Path(self._logdir.name).glob("*.log"))
@@ -201,8 +270,8 @@ def _worker_count(n_workers: int | None) -> int:
     return n_workers
 
 
-def terminate(workers: list[subprocess.Popen[bytes]], nameservers: list[subprocess.Popen[bytes]],
-               timeout: float = 10.0) -> None:
+def terminate(workers: Sequence[WorkerProcess], nameservers: Sequence[subprocess.Popen[bytes]],
+              timeout: float = 10.0) -> None:
     """Workers first (so they can unregister), then name servers; kill stragglers."""
     for group in (workers, nameservers):
         for proc in group:

@@ -6,8 +6,10 @@ is exact integer arithmetic, so results are bit-identical on every x86-64 machin
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Union
+import sys
+from typing import Iterator, Union
 
 import numpy as np
 from numba import int64, njit, uint64
@@ -135,6 +137,26 @@ def warm_up() -> None:
     # The Evaluator passes seeds as np.uint64; warming with an int seed would compile
     # (int64, int64) and leave the signature real calls use to the first caller.
     seed = np.uint64(1)
-    pi_hits(LANES + 1, seed)
+    with _without_scipy():
+        pi_hits(LANES + 1, seed)
     box = np.zeros(1), np.ones(1)
     integrate(0, 2, seed, *box)
+
+
+@contextlib.contextmanager
+def _without_scipy() -> Iterator[None]:
+    """Hide scipy.linalg from Numba's first compile, which imports it only to probe for BLAS.
+
+    That probe costs a quarter of a second and ~10 MiB per worker, and no kernel here uses BLAS.
+    Numba then takes np.correlate/np.convolve in njit code for a plain loop; np.dot and np.linalg
+    still work in njit code, as they import scipy.linalg themselves when first compiled.
+    """
+    if "scipy.linalg" in sys.modules:
+        yield
+        return
+    sys.modules["scipy.linalg"] = None  # type: ignore[assignment]  # "import scipy.linalg" raises ImportError
+    try:
+        yield
+    finally:
+        if "scipy.linalg" in sys.modules and sys.modules["scipy.linalg"] is None:
+            del sys.modules["scipy.linalg"]

@@ -98,10 +98,13 @@ class Supervisor:
         script: a script whose functions callers may run, as for ``compute-worker --script``.
         by_value: let the workers accept functions by value (needs a secret).
         restart_delay: seconds before a crashed child is forked again; doubles while it keeps crashing.
+        restart: False leaves a child that died dead (LocalCluster: tests kill workers on purpose).
+        report: called with ``fork NAME PID`` and ``exit PID CODE`` as children come and go.
     """
 
     def __init__(self, settings: Settings, count: int, name: str | None = None, port: int = 0,
-                 script: str | None = None, by_value: bool = False, restart_delay: float = 0.5) -> None:
+                 script: str | None = None, by_value: bool = False, restart_delay: float = 0.5,
+                 restart: bool = True, report: Callable[[str], None] | None = None) -> None:
         if count < 1:
             raise ConfigError(f"a supervisor needs at least one worker, not {count}")
         base = name or f"{socket.gethostname()}.{os.getpid()}"
@@ -109,12 +112,16 @@ class Supervisor:
         self.script = script
         self.by_value = by_value
         self.restart_delay = restart_delay
+        self.restart = restart
+        self._report = report or (lambda _: None)
         self.slots = [_Slot(i, f"{base}.{i}", port + i if port else 0, delay=restart_delay)
                       for i in range(count)]
         # A plain flag, not an Event: a signal handler that takes an Event's lock while the main
         # thread holds it (a second SIGTERM inside the first handler) deadlocks.
         self._stopping = False
         self._parent = os.getpid()
+        self._wake_r, self._wake_w = os.pipe()  # stop() wakes run() at once, not after its 0.2 s nap
+        os.set_blocking(self._wake_w, False)
 
     def start(self) -> None:
         """Warm the kernels, fork every worker and wait until each has built its daemon.
@@ -142,14 +149,14 @@ class Supervisor:
         Args:
             watch: called with a timeout each round instead of sleeping; returning True stops.
         """
-        wait = watch or _sleep
+        wait = watch or self._nap
         try:
             while not self._stopping and not wait(0.2):
                 now = time.monotonic()
                 for slot in self.slots:
                     if slot.pid and self._reaped(slot):
                         self._schedule_restart(slot, now)
-                    elif not slot.pid and now >= slot.restart_at:
+                    elif not slot.pid and self.restart and now >= slot.restart_at:
                         self._restart(slot)
         finally:
             self.shutdown()
@@ -157,6 +164,14 @@ class Supervisor:
     def stop(self) -> None:
         """Ask ``run()`` to finish; safe from a signal handler and to call twice."""
         self._stopping = True
+        with contextlib.suppress(OSError):  # full: a wake-up is pending already
+            os.write(self._wake_w, b"x")
+
+    def _nap(self, seconds: float) -> bool:
+        """Sleep ``seconds`` or until ``stop()``; False (run's ``watch`` protocol: do not stop for this)."""
+        if select.select([self._wake_r], [], [], seconds)[0]:
+            os.read(self._wake_r, 4096)
+        return False
 
     @property
     def pids(self) -> list[int]:
@@ -182,6 +197,7 @@ class Supervisor:
                 log.warning("worker %s (pid %d) did not stop in %.0f s; killing it", slot.name, slot.pid, timeout)
                 _signal(slot.pid, signal.SIGKILL)
                 os.waitpid(slot.pid, 0)
+                self._report(f"exit {slot.pid} {-signal.SIGKILL}")
                 slot.pid = 0
                 self._unregister_dead(slot)
 
@@ -194,7 +210,8 @@ class Supervisor:
         if pid == 0:
             return False
         code = os.waitstatus_to_exitcode(status)
-        if not self._stopping:
+        self._report(f"exit {slot.pid} {code}")
+        if not self._stopping and self.restart:
             how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
             log.warning("worker %s (pid %d) %s after %.1f s; starting it again", slot.name, slot.pid,
                         how, time.monotonic() - slot.started)
@@ -242,6 +259,7 @@ class Supervisor:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(write_fd)
         slot.pid, slot.started, slot.uri = pid, time.monotonic(), ""
+        self._report(f"fork {slot.name} {pid}")
         return read_fd
 
     def _await_ready(self, slot: _Slot, fd: int) -> None:
@@ -274,6 +292,8 @@ class Supervisor:
         code = 1
         try:
             _die_with_parent(self._parent)
+            _close_quietly(self._wake_r)
+            _close_quietly(self._wake_w)
             worker = _ChildWorker(self.settings, slot, self.script, self.by_value, mask)
             os.write(fd, f"ready {worker.worker.uri}\n".encode())
             os.close(fd)
@@ -347,11 +367,6 @@ def _die_with_parent(parent: int) -> None:
         raise SystemExit(0)
 
 
-def _sleep(seconds: float) -> bool:
-    time.sleep(seconds)
-    return False
-
-
 def _signal(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):  # it exited on its own; waitpid collects it
         os.kill(pid, sig)
@@ -370,13 +385,15 @@ def _flush_quietly() -> None:
 
 def serve_many(settings: Settings, count: int, name: str | None = None, port: int = 0,
                script: str | None = None, by_value: bool = False,
-               watch: Callable[[float], bool] | None = None) -> int:
+               watch: Callable[[float], bool] | None = None, **options: Any) -> int:
     """Serve ``count`` forked workers until SIGTERM/SIGINT (or ``watch`` says stop); return the exit status.
 
     Pyro4 must already be configured (``worker.configure_pyro``). Returns 2 when a worker cannot
-    start (the reason goes to stderr), 0 after a clean stop. ``watch`` is as for ``Supervisor.run``.
+    start (the reason goes to stderr), 0 after a clean stop. ``watch`` is as for ``Supervisor.run``;
+    ``options`` go to ``Supervisor``.
     """
-    supervisor = Supervisor(settings, count, name=name, port=port, script=script, by_value=by_value)
+    supervisor = Supervisor(settings, count, name=name, port=port, script=script, by_value=by_value,
+                            **options)
     _handle_signals(lambda *_: supervisor.stop())
     try:
         supervisor.start()

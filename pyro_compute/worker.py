@@ -128,8 +128,12 @@ class Worker:
             log.info("worker %s stopped", self.name)
 
     def stop(self) -> None:
-        """Ask the request loop to finish; sets a plain flag only, so safe in (nested) signal handlers."""
+        """Ask the request loop to finish; sets a flag and wakes the loop, so safe in (nested) signal handlers."""
         self._stopping = True
+        # The loop would notice within its 0.2 s tick; the wake-up byte (no lock taken) ends it now.
+        server = getattr(self.daemon, "transportServer", None)  # None once the daemon is closed
+        if server is not None:
+            server.wakeup()
 
     def _drain(self, timeout: float) -> None:
         """Let a running batch finish, and its reply go out, so its pool gets the result instead of retrying it."""
@@ -234,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure", action="store_true",
                    help="serve without a secret (anyone who can connect may call); loopback only")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log debug messages")
+    # LocalCluster's: fork -n workers that are not restarted, report them on this pipe (forkserver.py).
+    p.add_argument("--status-fd", type=int, default=-1, help=argparse.SUPPRESS)
     from .supervisor import add_workers_argument  # here: supervisor imports this module
     add_workers_argument(p)
     return p
@@ -264,6 +270,10 @@ def _run(args: argparse.Namespace) -> int:
     require_secret(settings, args.insecure, "compute-worker", settings.host)
     check_reachable(settings)
     configure_pyro(settings)
+    if args.status_fd >= 0:
+        from .forkserver import serve_for_cluster
+        serve_for_cluster(settings, args.workers or 1, args.name, args.script, args.allow_by_value,
+                          args.status_fd)
     if (args.workers or 1) > 1:
         return supervisor.serve_many(settings, args.workers, name=args.name, port=args.port,
                                      script=args.script, by_value=args.allow_by_value)
