@@ -1,0 +1,191 @@
+"""Bulk frames: big buffers cross right after the Pyro4 message that announces them, in MAC'd parts.
+
+A Pyro4 message holds only the structure of a call or reply (``binary``'s serializer puts big
+arrays and bytes out of it); their raw bytes follow the message on the same connection::
+
+    [Pyro4 message: structure, buffer sizes, nonce] [part 0][MAC 0] [part 1][MAC 1] ...
+
+Each part is at most ``PART`` bytes; its MAC is HMAC-SHA1 under the connection's secret of
+(nonce, buffer index, part index, bytes), and the nonce is inside the HMAC-checked message, so a
+part cannot be forged, reordered or replayed from another message. The receiver reads each part
+straight into the array that will hold it (no message-sized copy, no size limit beyond memory)
+and checks each MAC before anything is built from the bytes. The message size limit and the
+pre-authentication limits stay as they are: frames are read only on an authenticated connection,
+inside a request (or reply) whose own message passed its HMAC check.
+
+A ``Channel`` says, for the calling thread, which connection the message being (de)serialized
+travels on: the worker's guarded server opens one per request, a ``BulkProxy`` per call.
+"""
+from __future__ import annotations
+
+import contextlib
+import hmac
+import socket
+import struct
+import threading
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import Pyro4
+import Pyro4.errors
+from Pyro4 import socketutil
+
+PART = 2 << 20  # bytes per part: small enough to pipeline MAC checks with the transfer
+MAC_SIZE = 20  # HMAC-SHA1
+MAX_BULK = 1 << 40  # bytes one message may announce; memory is only taken as bytes arrive
+_local = threading.local()
+
+
+class Outgoing:
+    """Buffers to stream after the message that carries ``nonce``, and who to tell once they are sent."""
+
+    __slots__ = ("nonce", "buffers", "sent")
+
+    def __init__(self, nonce: bytes) -> None:
+        self.nonce = nonce
+        self.buffers: list[memoryview] = []
+        self.sent: list[Callable[[], None]] = []
+
+
+class Channel:
+    """The connection this thread's message travels on, its secret and the worker behind it."""
+
+    __slots__ = ("conn", "key", "peer", "outgoing")
+
+    def __init__(self, conn: Any, key: bytes | None, peer: tuple[str, str] | None) -> None:
+        self.conn, self.key, self.peer = conn, key, peer
+        self.outgoing: Outgoing | None = None
+
+
+@contextlib.contextmanager
+def channel(conn: Any, key: bytes | None, peer: tuple[str, str] | None = None) -> Iterator[Channel]:
+    """Let messages serialized in this thread stream bulk frames over ``conn`` while the block runs."""
+    before = getattr(_local, "channel", None)
+    ch = _local.channel = Channel(conn, key, peer)
+    try:
+        yield ch
+    finally:
+        _local.channel = before
+
+
+def current() -> Channel | None:
+    """This thread's channel, or None (bulk then travels inside the message)."""
+    return getattr(_local, "channel", None)
+
+
+def _mac(key: bytes, nonce: bytes, index: int, part: int, data: memoryview) -> bytes:
+    mac = hmac.new(key, nonce + struct.pack("<QQ", index, part), "sha1")
+    mac.update(data)
+    return mac.digest()
+
+
+def send_frames(sock: socket.socket, key: bytes | None, out: Outgoing) -> None:
+    """Write ``out``'s buffers to ``sock`` in parts, each followed by its MAC (if there is a secret)."""
+    try:
+        for index, view in enumerate(out.buffers):
+            for part, start in enumerate(range(0, len(view), PART)):
+                piece = view[start:start + PART]
+                sock.sendall(piece)
+                if key:
+                    sock.sendall(_mac(key, out.nonce, index, part, piece))
+    except socket.timeout:
+        raise Pyro4.errors.TimeoutError("sending bulk data: timeout") from None
+    except OSError as e:
+        raise Pyro4.errors.ConnectionClosedError(f"sending bulk data: connection lost: {e}") from None
+
+
+def recv_frames(conn: Any, key: bytes | None, nonce: bytes, sizes: Sequence[int]) -> list[np.ndarray]:
+    """Read the buffers announced by ``sizes`` from ``conn``, checking every part's MAC.
+
+    Returns:
+        One writable uint8 array per buffer.
+
+    Raises:
+        Pyro4.errors.SecurityError: a part's MAC does not match (the connection must be closed).
+        Pyro4.errors.SerializeError: the sizes are malformed or more than memory allows.
+    """
+    if not all(type(n) is int and n >= 0 for n in sizes) or sum(sizes) > MAX_BULK:
+        raise Pyro4.errors.SerializeError(f"bulk sizes {list(sizes)[:8]} are malformed or over {MAX_BULK} bytes")
+    try:
+        buffers = [np.empty(n, np.uint8) for n in sizes]
+    except MemoryError:
+        raise Pyro4.errors.SerializeError(f"not enough memory for {sum(sizes):,} bytes of arrays") from None
+    tag = bytearray(MAC_SIZE)
+    for index, buf in enumerate(buffers):
+        view = memoryview(buf)  # type: ignore[arg-type]
+        for part, start in enumerate(range(0, len(view), PART)):
+            piece = view[start:start + PART]
+            _recv_into(conn, piece)
+            if key:
+                _recv_into(conn, memoryview(tag))
+                if not hmac.compare_digest(bytes(tag), _mac(key, nonce, index, part, piece)):
+                    raise Pyro4.errors.SecurityError("bulk data hmac mismatch")
+    return buffers
+
+
+def _recv_into(conn: Any, view: memoryview) -> None:
+    """Fill ``view`` from ``conn`` (first from bytes its reader already holds, if any)."""
+    pending: bytes = getattr(conn, "pending", b"")
+    got = 0
+    if pending:
+        got = min(len(pending), len(view))
+        view[:got] = pending[:got]
+        conn.pending = pending[got:]
+    sock = conn.sock
+    flags = 0 if hasattr(sock, "getpeercert") else socket.MSG_WAITALL  # not on TLS sockets
+    try:
+        while got < len(view):
+            n = sock.recv_into(view[got:], len(view) - got, flags)
+            if n == 0:
+                raise Pyro4.errors.ConnectionClosedError("receiving bulk data: connection closed")
+            got += n
+    except socket.timeout:
+        raise Pyro4.errors.TimeoutError("receiving bulk data: timeout") from None
+    except OSError as e:
+        raise Pyro4.errors.ConnectionClosedError(f"receiving bulk data: connection lost: {e}") from None
+
+
+class BulkConnection(socketutil.SocketConnection):  # type: ignore[misc]
+    """A Pyro4 connection that sends without copying and follows a message with its bulk frames."""
+
+    def send(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except socket.timeout:
+            raise Pyro4.errors.TimeoutError("sending: timeout") from None
+        except OSError as e:
+            raise Pyro4.errors.ConnectionClosedError(f"sending: connection lost: {e}") from None
+        ch = current()
+        out = ch.outgoing if ch is not None and ch.conn is self else None
+        if out is None:
+            return
+        ch.outgoing = None  # type: ignore[union-attr]
+        if out.nonce not in data:
+            return  # a message other than the one that announced them (an error reply instead)
+        send_frames(self.sock, ch.key, out)  # type: ignore[union-attr]
+        for done in out.sent:
+            done()
+
+
+class BulkProxy(Pyro4.Proxy):  # type: ignore[misc]
+    """A Pyro4 proxy whose calls may carry bulk frames and that knows which worker process it reached."""
+
+    _bulk_peer = ""  # the worker's handshake token: a new one after every restart
+
+    def _pyroInvoke(self, methodname: str, vargs: Any, kwargs: Any, flags: int = 0,
+                    objectId: Any = None) -> Any:
+        if self._pyroConnection is None:
+            self._pyroBind()
+        conn = self._pyroConnection
+        if type(conn) is socketutil.SocketConnection:
+            conn.__class__ = BulkConnection  # same state, our send
+        peer = (self._bulk_peer, str(self._pyroUri)) if self._bulk_peer else None
+        with channel(conn, self._pyroHmacKey, peer):
+            return super()._pyroInvoke(methodname, vargs, kwargs, flags, objectId)
+
+    def _pyroValidateHandshake(self, response: Any) -> None:
+        token = response if isinstance(response, str) and response.startswith(TOKEN_PREFIX) else ""
+        object.__setattr__(self, "_bulk_peer", token)
+
+
+TOKEN_PREFIX = "pyro_compute-worker "
