@@ -1,17 +1,17 @@
-"""Our Pyro4 serializer: marshal for the structure, numpy arrays and bytes as raw buffers beside it.
+"""Our Pyro4 serializer: marshal for the structure, numpy arrays as raw buffers beside it.
 
-A message is ``MAGIC, flags, marshal((tree, sizes, nonce, carried))``. In ``tree``, numpy
-arrays, numpy scalars, big bytes and broadcast handles are markers: tuples that start with
+A message is ``marshal((MAGIC, flags, tree, sizes, nonce, carried))``. In ``tree``, numpy
+arrays, numpy scalars, bytearrays and broadcast handles are markers: tuples that start with
 ``Ellipsis`` (which plain data never holds; it is refused in what is sent). An array's bytes
 travel inside ``tree`` when small or when no ``bulk.Channel`` is open, else as bulk frames after
-the message (``sizes`` and ``nonce`` announce them, see ``bulk``). Decoding builds nothing but
+the message (``sizes`` and ``nonce`` announce them, see ``bulk``): only arrays may exceed the
+message size limit. bytes travel raw inside the message, as marshal writes them (no base64). Decoding builds nothing but
 plain data, numpy arrays of bool, integer, float and complex dtypes (checked against a strict
 pattern before numpy parses them), exceptions through Pyro4's checked ``dict_to_class``, and
 broadcast values the worker holds. No pickle, no code.
 """
 from __future__ import annotations
 
-import functools
 import marshal
 import os
 import re
@@ -83,10 +83,8 @@ class _Packer:
         if isinstance(obj, np.generic):
             check_dtype(obj.dtype)
             return self.marker("s", obj.dtype.str, obj.tobytes())
-        if isinstance(obj, (bytes, bytearray)):
-            if len(obj) < STREAM_MIN:
-                return bytes(obj) if type(obj) is bytes else self.marker("B", bytes(obj))
-            return self.marker("b" if type(obj) is bytes else "B", self.buffer(memoryview(obj).cast("B")))
+        if isinstance(obj, (bytes, bytearray)):  # raw inside the message, within its size limit
+            return bytes(obj) if type(obj) is bytes else self.marker("B", bytes(obj))
         if isinstance(obj, (set, frozenset)):
             return type(obj)(self.pack(x) for x in obj) if type(obj) in (set, frozenset) else set(map(self.pack, obj))
         if isinstance(obj, tuple):  # a namedtuple arrives as a tuple
@@ -101,6 +99,14 @@ class _Packer:
             raise TypeError("Ellipsis (...) cannot cross the wire; send None or a string instead")
         self.rebuild = True
         return self.pack(MarshalSerializer.class_to_dict(obj))
+
+    def finish(self, ok: bool) -> None:
+        """Tell the handles this message carried whether it was sent."""
+        peer = None if self.ch is None else self.ch.peer
+        delivered, self.delivered = self.delivered, []
+        if peer is not None:
+            for h in delivered:
+                h.finished(peer, ok)
 
     def marker(self, *fields: Any) -> tuple[Any, ...]:
         self.rebuild = True
@@ -135,19 +141,22 @@ def dumps(obj: Any) -> bytes:
     """Encode ``obj``; big buffers become frames of this thread's channel if one is open."""
     ch = bulk.current()
     packer = _Packer(ch)
-    tree = packer.pack(obj)
+    try:
+        tree = packer.pack(obj)
+    except BaseException:
+        packer.finish(False)
+        raise
     nonce = b""
     if ch is not None:
-        ch.outgoing = None  # a message serialized again (an error reply) drops the earlier frames
+        if ch.outgoing is not None:  # serialized again (an error reply instead): drop those frames
+            ch.outgoing.finish(False)
+            ch.outgoing = None
         if packer.frames or packer.delivered:
             nonce = os.urandom(16)
-            out = ch.outgoing = bulk.Outgoing(nonce)
-            out.buffers = packer.frames
-            if ch.peer is not None:
-                out.sent = [functools.partial(h.sent_to, ch.peer) for h in packer.delivered]
+            ch.outgoing = bulk.Outgoing(nonce, packer.frames, [packer.finish])
     sizes = [len(v) for v in packer.frames]
-    flags = bytes([REBUILD if packer.rebuild else 0])
-    return MAGIC + flags + marshal.dumps((tree, sizes, nonce, packer.carried))
+    flags = REBUILD if packer.rebuild else 0
+    return marshal.dumps((MAGIC, flags, tree, sizes, nonce, packer.carried))  # one copy of big bytes, not two
 
 
 def loads(data: bytes) -> Any:
@@ -157,21 +166,19 @@ def loads(data: bytes) -> Any:
         Pyro4.errors.SerializeError: not our format, or frames announced without a channel.
         TypeError: a refused dtype or a malformed array (after all frames were read).
     """
-    data = bytes(data)
-    if data[:4] != MAGIC or len(data) < 5:
-        raise Pyro4.errors.SerializeError("not a pyro_compute binary message")
     try:
-        tree, sizes, nonce, carried = marshal.loads(data[5:])
+        magic, flags, tree, sizes, nonce, carried = marshal.loads(data)
     except (EOFError, ValueError, TypeError):
-        raise Pyro4.errors.SerializeError("a pyro_compute binary message is corrupt") from None
-    if not (isinstance(sizes, list) and isinstance(nonce, bytes) and isinstance(carried, list)):
+        raise Pyro4.errors.SerializeError("not a pyro_compute binary message, or a corrupt one") from None
+    if magic != MAGIC or not (type(flags) is int and isinstance(sizes, list) and isinstance(nonce, bytes)
+                              and isinstance(carried, list)):
         raise Pyro4.errors.SerializeError("a pyro_compute binary message is malformed")
     keys = [k for k in carried if isinstance(k, str)]
     if keys and expect_hook is not None:
         expect_hook(keys, True)  # another call to this worker that needs them waits for them
     try:
         frames = _frames(sizes, nonce)
-        return _Unpacker(frames).unpack(tree) if data[4] & REBUILD else tree
+        return _Unpacker(frames).unpack(tree) if flags & REBUILD else tree
     finally:
         if keys and expect_hook is not None:
             expect_hook(keys, False)

@@ -15,6 +15,7 @@ import uuid
 from typing import Any, Callable
 
 log = logging.getLogger(__name__)
+WAIT = 60.0  # seconds a message waits for another one carrying the same value to the same worker
 
 
 class Broadcast:
@@ -29,6 +30,7 @@ class Broadcast:
         self._releaser = releaser
         self._lock = threading.Lock()
         self._peers: dict[str, str] = {}  # worker token -> URI
+        self._sending: dict[str, threading.Event] = {}  # worker token -> set once that message is out
         self._released = False
 
     def value(self) -> Any:
@@ -42,17 +44,36 @@ class Broadcast:
         return self._value
 
     def wanted_by(self, peer: tuple[str, str] | None) -> bool:
-        """Whether a message to ``peer`` (token, URI) must carry the value: it has not got it yet."""
+        """Whether a message to ``peer`` (token, URI) must carry the value: it has not got it yet.
+
+        While another message carries it to the same worker, wait (up to ``WAIT`` seconds) for
+        that one to be sent, so that a worker gets the value once. A True answer must be
+        followed by ``finished(peer, ok)``.
+        """
         self.value()  # a released handle is refused before anything is sent
         if peer is None:
             return True
-        with self._lock:
-            return peer[0] not in self._peers
+        while True:
+            with self._lock:
+                if peer[0] in self._peers:
+                    return False
+                sending = self._sending.get(peer[0])
+                if sending is None:
+                    self._sending[peer[0]] = threading.Event()
+                    return True
+            if not sending.wait(WAIT):
+                with self._lock:
+                    if self._sending.get(peer[0]) is sending:
+                        del self._sending[peer[0]]  # that message never finished: carry it here
 
-    def sent_to(self, peer: tuple[str, str]) -> None:
-        """Record that the worker ``peer`` (token, URI) received the value."""
+    def finished(self, peer: tuple[str, str], ok: bool) -> None:
+        """A message that carried the value to ``peer`` was sent (``ok``) or was not."""
         with self._lock:
-            self._peers[peer[0]] = peer[1]
+            sending = self._sending.pop(peer[0], None)
+            if ok:
+                self._peers[peer[0]] = peer[1]
+        if sending is not None:
+            sending.set()
 
     @property
     def workers(self) -> int:

@@ -32,6 +32,7 @@ from Pyro4 import socketutil
 
 PART = 2 << 20  # bytes per part: small enough to pipeline MAC checks with the transfer
 MAC_SIZE = 20  # HMAC-SHA1
+BIG_MESSAGE = 1 << 20  # a message this big is received into one buffer
 MAX_BULK = 1 << 40  # bytes one message may announce; memory is only taken as bytes arrive
 _local = threading.local()
 
@@ -39,12 +40,16 @@ _local = threading.local()
 class Outgoing:
     """Buffers to stream after the message that carries ``nonce``, and who to tell once they are sent."""
 
-    __slots__ = ("nonce", "buffers", "sent")
+    __slots__ = ("nonce", "buffers", "done")
 
-    def __init__(self, nonce: bytes) -> None:
-        self.nonce = nonce
-        self.buffers: list[memoryview] = []
-        self.sent: list[Callable[[], None]] = []
+    def __init__(self, nonce: bytes, buffers: list[memoryview], done: list[Callable[[bool], None]]) -> None:
+        self.nonce, self.buffers, self.done = nonce, buffers, done
+
+    def finish(self, ok: bool) -> None:
+        """Tell whoever waits on these buffers whether they were sent."""
+        done, self.done = self.done, []
+        for callback in done:
+            callback(ok)
 
 
 class Channel:
@@ -146,7 +151,20 @@ def _recv_into(conn: Any, view: memoryview) -> None:
 
 
 class BulkConnection(socketutil.SocketConnection):  # type: ignore[misc]
-    """A Pyro4 connection that sends without copying and follows a message with its bulk frames."""
+    """A Pyro4 connection that sends without copying and follows a message with its bulk frames.
+
+    It also receives a big message into one buffer instead of Pyro4's list of 60 kB pieces,
+    which held twice the message and left a new thread's heap arena at its size afterwards.
+    """
+
+    raw_ok = True  # may hand a big message out as a bytearray (only our serializer reads it)
+
+    def recv(self, size: int) -> Any:
+        if size < BIG_MESSAGE:
+            return super().recv(size)
+        buffer = bytearray(size)
+        _recv_into(self, memoryview(buffer))
+        return buffer if self.raw_ok else bytes(buffer)
 
     def send(self, data: bytes) -> None:
         try:
@@ -161,10 +179,14 @@ class BulkConnection(socketutil.SocketConnection):  # type: ignore[misc]
             return
         ch.outgoing = None  # type: ignore[union-attr]
         if out.nonce not in data:
-            return  # a message other than the one that announced them (an error reply instead)
-        send_frames(self.sock, ch.key, out)  # type: ignore[union-attr]
-        for done in out.sent:
-            done()
+            out.finish(False)  # a message other than the one that announced them (an error reply)
+            return
+        try:
+            send_frames(self.sock, ch.key, out)  # type: ignore[union-attr]
+        except BaseException:
+            out.finish(False)
+            raise
+        out.finish(True)
 
 
 class BulkProxy(Pyro4.Proxy):  # type: ignore[misc]
@@ -180,8 +202,12 @@ class BulkProxy(Pyro4.Proxy):  # type: ignore[misc]
         if type(conn) is socketutil.SocketConnection:
             conn.__class__ = BulkConnection  # same state, our send
         peer = (self._bulk_peer, str(self._pyroUri)) if self._bulk_peer else None
-        with channel(conn, self._pyroHmacKey, peer):
-            return super()._pyroInvoke(methodname, vargs, kwargs, flags, objectId)
+        with channel(conn, self._pyroHmacKey, peer) as ch:
+            try:
+                return super()._pyroInvoke(methodname, vargs, kwargs, flags, objectId)
+            finally:
+                if ch.outgoing is not None:  # serialized but never sent (the message was refused)
+                    ch.outgoing.finish(False)
 
     def _pyroValidateHandshake(self, response: Any) -> None:
         token = response if isinstance(response, str) and response.startswith(TOKEN_PREFIX) else ""

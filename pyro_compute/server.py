@@ -64,12 +64,15 @@ class _Connection(BulkConnection):
     def __init__(self, sock: socket.socket, pending: bytes = b"") -> None:
         super().__init__(sock)
         self.pending = pending
+        self.raw_ok = False  # a handshake is read as bytes
 
-    def recv(self, size: int) -> bytes:
+    def recv(self, size: int) -> Any:
         head, self.pending = self.pending[:size], self.pending[size:]
         if len(head) == size:
             return head
-        return head + super().recv(size - len(head))  # type: ignore[no-any-return]
+        if head:
+            return head + super().recv(size - len(head))
+        return super().recv(size)
 
 
 @dataclasses.dataclass(eq=False)
@@ -319,6 +322,7 @@ class GuardedServer:
                 if message.Message.from_header(header).flags & message.FLAGS_KEEPSERIALIZED:
                     raise Pyro4.errors.SecurityError("a request with FLAGS_KEEPSERIALIZED; refused")
                 c.conn.pending = header
+                c.conn.raw_ok = message.Message.from_header(header).serializer_id == binary.SERIALIZER_ID
                 self.daemon.handleRequest(c.conn)
                 if not (isinstance(c.sock, ssl.SSLSocket) and c.sock.pending()):
                     return True

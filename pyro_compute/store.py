@@ -15,6 +15,7 @@ from . import binary
 from .errors import KernelError
 
 WAIT = 300.0  # seconds a task waits for a value still arriving on another connection
+GRACE = 5.0  # seconds it waits for a value announced nowhere yet (sent, but not read yet)
 _cond = threading.Condition()
 _values: dict[str, Any] = {}
 _arriving: dict[str, int] = {}
@@ -49,6 +50,8 @@ def resolve(key: str, value: Any) -> Any:
             _values[key] = value
             _cond.notify_all()
             return value
+        # Its value may be on its way on another connection whose request is not read yet.
+        _cond.wait_for(lambda: key in _values or key in _arriving, GRACE)
         _cond.wait_for(lambda: key in _values or key not in _arriving, WAIT)
         if key in _values:
             return _values[key]
