@@ -19,6 +19,7 @@ GRACE = 5.0  # seconds it waits for a value announced nowhere yet (sent, but not
 _cond = threading.Condition()
 _values: dict[str, Any] = {}
 _arriving: dict[str, int] = {}
+_received = 0  # values that arrived since start (a worker should get each one once)
 
 
 def install() -> None:
@@ -47,6 +48,8 @@ def resolve(key: str, value: Any) -> Any:
     """
     with _cond:
         if value is not binary.NO_VALUE:
+            global _received
+            _received += 1
             _values[key] = value
             _cond.notify_all()
             return value
@@ -66,10 +69,10 @@ def drop(keys: list[str]) -> int:
 
 
 def held() -> dict[str, int]:
-    """How many values are kept and their size in bytes (arrays and bytes counted)."""
+    """How many values are kept, their size in bytes (arrays and bytes counted), how many arrived in all."""
     with _cond:
-        values = list(_values.values())
-    return {"broadcasts": len(values), "bytes": sum(_size(v) for v in values)}
+        values, received = list(_values.values()), _received
+    return {"broadcasts": len(values), "bytes": sum(_size(v) for v in values), "received": received}
 
 
 def _size(value: Any, depth: int = 0) -> int:
