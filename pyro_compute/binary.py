@@ -62,6 +62,7 @@ class _Packer:
         self.frames: list[memoryview] = []
         self.carried: list[str] = []
         self.delivered: list[Broadcast] = []
+        self.arrays: dict[int, tuple[np.ndarray, tuple[Any, ...]]] = {}
 
     def pack(self, obj: Any) -> Any:
         kind = type(obj)
@@ -120,6 +121,14 @@ class _Packer:
         return len(self.frames) - 1
 
     def array(self, a: np.ndarray) -> tuple[Any, ...]:
+        seen = self.arrays.get(id(a))
+        if seen is not None:  # the same array again (a shared argument of a chunk's tasks): sent once
+            return seen[1]
+        marker = self.encode_array(a)
+        self.arrays[id(a)] = (a, marker)  # keeps ``a`` alive, so its id is not reused meanwhile
+        return marker
+
+    def encode_array(self, a: np.ndarray) -> tuple[Any, ...]:
         check_dtype(a.dtype)
         if a.flags.c_contiguous or not a.flags.f_contiguous:
             order, flat = "C", np.ascontiguousarray(a)  # a view that is neither is copied once
@@ -198,6 +207,7 @@ class _Unpacker:
 
     def __init__(self, frames: list[np.ndarray]) -> None:
         self.frames = frames
+        self.arrays: dict[int, np.ndarray] = {}
 
     def unpack(self, obj: Any) -> Any:
         kind = type(obj)
@@ -255,7 +265,11 @@ class _Unpacker:
             raise TypeError(f"an array of shape {tuple(shape)} and dtype {dtype} arrived with {len(raw)} bytes")
         if type(raw) is bytes:  # small: copied so that it is writable like any other
             return np.frombuffer(raw, dtype).reshape(shape, order=order).copy(order="K")
-        return raw.view(dtype).reshape(shape, order=order)  # type: ignore[no-any-return]
+        if where in self.arrays:  # one array sent for several places: one array here too, as pickle does
+            return self.arrays[where]
+        a: np.ndarray = raw.view(dtype).reshape(shape, order=order)
+        self.arrays[where] = a
+        return a
 
 
 def _dtype(text: Any) -> np.dtype[Any]:
