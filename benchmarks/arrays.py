@@ -81,11 +81,11 @@ def _echo(srv: socket.socket) -> None:
 def _stream_case(address: tuple[str, int], a: np.ndarray) -> Callable[[], object]:
     sock = socket.create_connection(address)
     back = np.empty_like(a)
-    view = memoryview(back.view(np.uint8).reshape(-1))
+    view = memoryview(back.view(np.uint8).reshape(-1))  # type: ignore[arg-type]
 
     def run() -> None:
         sock.sendall(a.nbytes.to_bytes(8, "little"))
-        sock.sendall(memoryview(a.view(np.uint8).reshape(-1)))
+        sock.sendall(memoryview(a.view(np.uint8).reshape(-1)))  # type: ignore[arg-type]
         got = 0
         while got < a.nbytes:
             got += sock.recv_into(view[got:], a.nbytes - got)
