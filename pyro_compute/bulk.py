@@ -252,12 +252,14 @@ class BulkProxy(Pyro4.Proxy):  # type: ignore[misc]
         if type(conn) is socketutil.SocketConnection:
             conn.__class__ = BulkConnection  # same state, our send
         peer = (self._bulk_peer, str(self._pyroUri)) if self._bulk_peer else None
-        with channel(conn, self._pyroHmacKey, peer) as ch:
-            try:
-                return super()._pyroInvoke(methodname, vargs, kwargs, flags, objectId)
-            finally:
-                if ch.outgoing is not None:  # serialized but never sent (the message was refused)
-                    ch.outgoing.finish(False)
+        before = getattr(_local, "channel", None)  # ``channel()`` inline: this is every pool call's path
+        ch = _local.channel = Channel(conn, self._pyroHmacKey, peer)
+        try:
+            return super()._pyroInvoke(methodname, vargs, kwargs, flags, objectId)
+        finally:
+            _local.channel = before
+            if ch.outgoing is not None:  # serialized but never sent (the message was refused)
+                ch.outgoing.finish(False)
 
     def _pyroValidateHandshake(self, response: Any) -> None:
         token = response if isinstance(response, str) and response.startswith(TOKEN_PREFIX) else ""

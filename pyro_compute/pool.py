@@ -23,6 +23,7 @@ import functools
 import itertools
 import logging
 import sys
+import threading
 import time
 import weakref
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
@@ -160,8 +161,12 @@ class Pool(concurrent.futures.Executor):
         if wait and self._scheduler.over.is_set():  # else a map started before still runs
             self._health.join(timeout=5)
         if wait:
-            for handle in list(self._broadcasts):
-                handle.release()
+            self._release_broadcasts()
+        elif self._broadcasts and not self._scheduler.over.is_set():
+            threading.Thread(target=self._release_broadcasts, args=(self._scheduler.over,),
+                             name="pool-release", daemon=True).start()
+        else:
+            self._release_broadcasts()
         if self._dashboard is not None:
             self._dashboard()  # closes the page's server once
 
@@ -182,6 +187,13 @@ class Pool(concurrent.futures.Executor):
         handle = Broadcast(value, functools.partial(_release_on_workers, self.settings))
         self._broadcasts.add(handle)
         return handle
+
+    def _release_broadcasts(self, after: threading.Event | None = None) -> None:
+        """Release this pool's broadcast values on the workers (once its work is over, if ``after``)."""
+        if after is not None:
+            after.wait()
+        for handle in list(self._broadcasts):
+            handle.release()
 
     @property
     def workers(self) -> list[str]:
