@@ -31,6 +31,8 @@ MAGIC = b"PCB\x01"
 REBUILD = 1  # flags: the tree holds markers or class dicts
 STREAM_MIN = 64 * 1024  # buffers smaller than this travel inside the message
 _FLAT = frozenset({type(None), bool, int, float, complex, str})
+_SIMPLE = _FLAT | {bytes}  # what marshal writes as it is
+_NONE: list[Any] = []  # no sizes, no handles carried
 _DTYPE = re.compile(r"[<>|=][biufc][0-9]{1,2}")
 SAFE_KINDS = "biufc"
 MAX_DIMS = 64
@@ -56,6 +58,8 @@ def check_dtype(dtype: np.dtype[Any]) -> None:
 class _Packer:
     """One message's encoding: the tree, the buffers that go as frames, the handles it delivers."""
 
+    __slots__ = ("ch", "rebuild", "frames", "carried", "delivered", "arrays")
+
     def __init__(self, ch: bulk.Channel | None) -> None:
         self.ch = ch
         self.rebuild = False
@@ -66,14 +70,14 @@ class _Packer:
 
     def pack(self, obj: Any) -> Any:
         kind = type(obj)
-        if kind in _FLAT:
+        if kind in _SIMPLE:
             return obj
         if kind is list:
-            return obj if {type(x) for x in obj} <= _FLAT else [self.pack(x) for x in obj]
+            return obj if {type(x) for x in obj} <= _SIMPLE else [self.pack(x) for x in obj]
         if kind is tuple:
-            return obj if {type(x) for x in obj} <= _FLAT else tuple(self.pack(x) for x in obj)
+            return obj if {type(x) for x in obj} <= _SIMPLE else tuple(self.pack(x) for x in obj)
         if kind is dict:
-            if {type(k) for k in obj} <= _FLAT and {type(v) for v in obj.values()} <= _FLAT:
+            if {type(k) for k in obj} <= _SIMPLE and {type(v) for v in obj.values()} <= _SIMPLE:
                 return obj
             return {self.pack(k): self.pack(v) for k, v in obj.items()}
         return self.pack_other(obj)
@@ -146,8 +150,24 @@ class _Packer:
         return self.marker("H", h.key, self.pack(h.value()))
 
 
+def _simple(obj: Any, depth: int = 0) -> bool:
+    """True if marshal writes ``obj`` as it is: only ``_SIMPLE`` values in lists, tuples and dicts."""
+    kind = type(obj)
+    if kind in _SIMPLE:
+        return True
+    if depth > 3:
+        return False
+    if kind is list or kind is tuple:
+        return {type(x) for x in obj} <= _SIMPLE or all(_simple(x, depth + 1) for x in obj)
+    if kind is dict:
+        return {type(k) for k in obj} <= _SIMPLE and all(_simple(v, depth + 1) for v in obj.values())
+    return False
+
+
 def dumps(obj: Any) -> bytes:
     """Encode ``obj``; big buffers become frames of this thread's channel if one is open."""
+    if _simple(obj):  # the common case (every plain batch and reply) at about marshal's own cost
+        return marshal.dumps((MAGIC, 0, obj, _NONE, b"", _NONE))
     ch = bulk.current()
     packer = _Packer(ch)
     try:

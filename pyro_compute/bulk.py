@@ -76,6 +76,17 @@ def channel(conn: Any, key: bytes | None, peer: tuple[str, str] | None = None) -
         _local.channel = before
 
 
+def open_channel(conn: Any, key: bytes | None, peer: tuple[str, str] | None = None) -> Channel:
+    """``channel()`` without a context manager, for the per-call paths; undo with ``close_channel``."""
+    ch = _local.channel = Channel(conn, key, peer)
+    return ch
+
+
+def close_channel(before: Channel | None) -> None:
+    """Restore the channel that was open before ``open_channel`` (None: none)."""
+    _local.channel = before
+
+
 def current() -> Channel | None:
     """This thread's channel, or None (bulk then travels inside the message)."""
     return getattr(_local, "channel", None)
@@ -242,7 +253,7 @@ class BulkConnection(socketutil.SocketConnection):  # type: ignore[misc]
 class BulkProxy(Pyro4.Proxy):  # type: ignore[misc]
     """A Pyro4 proxy whose calls may carry bulk frames and that knows which worker process it reached."""
 
-    _bulk_peer = ""  # the worker's handshake token: a new one after every restart
+    _bulk_peer: tuple[str, str] | None = None  # the worker's handshake token (new after a restart), URI
 
     def _pyroInvoke(self, methodname: str, vargs: Any, kwargs: Any, flags: int = 0,
                     objectId: Any = None) -> Any:
@@ -251,19 +262,19 @@ class BulkProxy(Pyro4.Proxy):  # type: ignore[misc]
         conn = self._pyroConnection
         if type(conn) is socketutil.SocketConnection:
             conn.__class__ = BulkConnection  # same state, our send
-        peer = (self._bulk_peer, str(self._pyroUri)) if self._bulk_peer else None
-        before = getattr(_local, "channel", None)  # ``channel()`` inline: this is every pool call's path
-        ch = _local.channel = Channel(conn, self._pyroHmacKey, peer)
+        peer = self._bulk_peer or None
+        before = getattr(_local, "channel", None)
+        ch = open_channel(conn, self._pyroHmacKey, peer)
         try:
             return super()._pyroInvoke(methodname, vargs, kwargs, flags, objectId)
         finally:
-            _local.channel = before
+            close_channel(before)
             if ch.outgoing is not None:  # serialized but never sent (the message was refused)
                 ch.outgoing.finish(False)
 
     def _pyroValidateHandshake(self, response: Any) -> None:
         token = response if isinstance(response, str) and response.startswith(TOKEN_PREFIX) else ""
-        object.__setattr__(self, "_bulk_peer", token)
+        object.__setattr__(self, "_bulk_peer", (token, str(self._pyroUri)) if token else None)
 
 
 TOKEN_PREFIX = "pyro_compute-worker "

@@ -316,16 +316,20 @@ class GuardedServer:
     def _request(self, c: _Client) -> bool:
         assert c.conn is not None
         # Bulk frames are read only here: after the handshake, after the request's own HMAC check.
-        with bulk.channel(c.conn, self.daemon._pyroHmacKey):
+        bulk.open_channel(c.conn, self.daemon._pyroHmacKey)
+        try:
             while True:
                 header = c.conn.recv(HEADER_SIZE)
-                if message.Message.from_header(header).flags & message.FLAGS_KEEPSERIALIZED:
+                msg = message.Message.from_header(header)
+                if msg.flags & message.FLAGS_KEEPSERIALIZED:
                     raise Pyro4.errors.SecurityError("a request with FLAGS_KEEPSERIALIZED; refused")
                 c.conn.pending = header
-                c.conn.raw_ok = message.Message.from_header(header).serializer_id == binary.SERIALIZER_ID
+                c.conn.raw_ok = msg.serializer_id == binary.SERIALIZER_ID
                 self.daemon.handleRequest(c.conn)
                 if not (isinstance(c.sock, ssl.SSLSocket) and c.sock.pending()):
                     return True
+        finally:
+            bulk.close_channel(None)
 
     def _dispatch(self, c: _Client) -> None:
         self._selector.unregister(c.sock)
