@@ -249,7 +249,9 @@ class _Unpacker:
     def marker(self, m: tuple[Any, ...]) -> Any:
         tag = m[1] if len(m) > 1 else None
         if tag == "a" and len(m) == 6:
-            return self.array(*m[2:])
+            if id(m) not in self.arrays:  # one array sent for several places: one array here, as pickle does
+                self.arrays[id(m)] = self.array(*m[2:])
+            return self.arrays[id(m)]
         if tag == "s" and len(m) == 4 and isinstance(m[3], bytes):
             dtype = _dtype(m[2])
             if len(m[3]) != dtype.itemsize:
@@ -285,11 +287,7 @@ class _Unpacker:
             raise TypeError(f"an array of shape {tuple(shape)} and dtype {dtype} arrived with {len(raw)} bytes")
         if type(raw) is bytes:  # small: copied so that it is writable like any other
             return np.frombuffer(raw, dtype).reshape(shape, order=order).copy(order="K")
-        if where in self.arrays:  # one array sent for several places: one array here too, as pickle does
-            return self.arrays[where]
-        a: np.ndarray = raw.view(dtype).reshape(shape, order=order)
-        self.arrays[where] = a
-        return a
+        return raw.view(dtype).reshape(shape, order=order)  # type: ignore[no-any-return]
 
 
 def _dtype(text: Any) -> np.dtype[Any]:

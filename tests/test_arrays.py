@@ -233,3 +233,41 @@ def test_arrays_over_the_message_size_limit_cross_in_parts_within_twice_their_si
         with pytest.raises(Pyro4.errors.MessageTooLargeError):
             pool.submit(array_tasks.identity, "x" * (2 * MiB)).result(timeout=T)
         same(a[:10], pool.submit(array_tasks.identity, a[:10]).result(timeout=T))
+
+
+# -- the serializer itself, without a network (nothing streams: no channel is open) ---------------
+
+def test_the_serializer_round_trips_structures_in_process() -> None:
+    register_wire()
+    a = sample("i8", (4, 3), 11)
+    value = {"a": a, "same": [a, a], "s": {np.int32(3), 4}, "f": frozenset({b"k"}), "n": None,
+             ("t", 1): (1.5, 2j, "x", b"raw", bytearray(b"ba")), "e": ValueError("bad", 3)}
+    back = binary.loads(binary.dumps(value))
+    same(a, back["a"])
+    assert back["same"][0] is back["same"][1]  # one array sent for both places, as pickle does
+    assert back["s"] == {3, 4} and any(type(x) is np.int32 for x in back["s"])
+    assert back["f"] == frozenset({b"k"}) and type(back["f"]) is frozenset
+    assert back[("t", 1)] == (1.5, 2j, "x", b"raw", bytearray(b"ba")) and type(back[("t", 1)][4]) is bytearray
+    assert type(back["e"]) is ValueError and back["e"].args == ("bad", 3)
+
+
+@pytest.mark.parametrize("value, error", [(..., "Ellipsis"), ([1, {"k": (...,)}], "Ellipsis"),
+                                          (np.zeros(2, dtype="U3"), "cannot cross the wire")])
+def test_the_serializer_refuses_what_it_cannot_carry(value: Any, error: str) -> None:
+    with pytest.raises(TypeError, match=error):
+        binary.dumps(value)
+
+
+@pytest.mark.parametrize("marker", [(..., "a", "|O8", [1], "C", b"\0" * 8), (..., "a", "<f8", [2], "C", b"\0" * 8),
+                                    (..., "a", "<f8", [1], "X", b"\0" * 8), (..., "s", "(2,)f8", b"\0" * 16),
+                                    (..., "a", "<f8", [-1], "C", b"")])
+def test_malformed_or_refused_arrays_from_the_wire_are_type_errors(marker: tuple[Any, ...]) -> None:
+    data = marshal.dumps((binary.MAGIC, binary.REBUILD, [marker], [], b"", []))
+    with pytest.raises(TypeError):
+        binary.loads(data)
+
+
+def test_a_message_announcing_frames_outside_a_channel_is_refused() -> None:
+    data = marshal.dumps((binary.MAGIC, binary.REBUILD, [(..., "a", "<f8", [8], "C", 0)], [64], b"n" * 16, []))
+    with pytest.raises(Pyro4.errors.SerializeError, match="bulk data"):
+        binary.loads(data)
