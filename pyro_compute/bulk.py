@@ -262,6 +262,8 @@ class BulkProxy(Pyro4.Proxy):  # type: ignore[misc]
         conn = self._pyroConnection
         if type(conn) is socketutil.SocketConnection:
             conn.__class__ = BulkConnection  # same state, our send
+            with contextlib.suppress(OSError):  # a part's MAC must not wait for an ACK (Nagle)
+                conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = self._bulk_peer or None
         before = getattr(_local, "channel", None)
         ch = open_channel(conn, self._pyroHmacKey, peer)

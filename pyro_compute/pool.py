@@ -10,7 +10,10 @@ Data flow::
                      │            a chunk is taken only by a dispatcher whose worker is free
        ┌─────────────┼──────────────┐   one Link per worker found in the name server,
        ▼             ▼              ▼   SLOTS dispatcher threads per link, each with its own proxy
-   dispatcher    dispatcher     dispatcher ── Evaluator.batch() over Pyro4 (serpent, HMAC)
+   dispatcher    dispatcher     dispatcher ── Evaluator.batch() over Pyro4 (binary.py, HMAC):
+       │             │              │         marshal for the structure, arrays as raw bytes,
+       │             │              │         big ones as MAC'd parts after the message (bulk.py);
+       │             │              │         broadcast values once per worker (broadcast.py)
        │             │              │         health.py: probes overdue workers, revives them
        └─────► chunk.resolve(results, errors) ──► Future ──► map / map_as_completed / map_reduce
 """

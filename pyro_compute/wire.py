@@ -1,4 +1,5 @@
-"""serpent hooks so numpy arrays, numpy scalars and our own errors cross the wire."""
+"""What crosses the wire: serpent hooks for numpy values and our errors, plain-data checks, and the
+registration of our binary serializer (``binary``), which pool calls to workers use."""
 from __future__ import annotations
 
 import functools
