@@ -13,7 +13,6 @@ broadcast values the worker holds. No pickle, no code.
 from __future__ import annotations
 
 import marshal
-import os
 import re
 from typing import Any, Callable
 
@@ -181,7 +180,7 @@ def dumps(obj: Any) -> bytes:
             ch.outgoing.finish(False)
             ch.outgoing = None
         if packer.frames or packer.delivered:
-            nonce = os.urandom(16)
+            nonce = bulk.new_nonce()
             ch.outgoing = bulk.Outgoing(nonce, packer.frames, [packer.finish])
     sizes = [len(v) for v in packer.frames]
     flags = REBUILD if packer.rebuild else 0

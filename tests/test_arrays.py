@@ -172,17 +172,21 @@ def test_a_handshake_announcing_bulk_data_is_refused_unread(arrays_cluster: Loca
         assert p.batch("array_tasks:identity", [[1]])["packed"] == marshal.dumps([1])
 
 
+@pytest.mark.parametrize("algorithm", [bulk.POLY1305, bulk.HMAC_SHA1])
 def test_a_forged_part_closes_the_connection_and_the_worker_serves(
-        arrays_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+        arrays_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch, algorithm: bytes) -> None:
     register_wire()
     uri = next(iter(arrays_cluster.registered().values()))
     a = sample("f8", (bulk.PART // 8 * 2,), 3)
     with new_proxy(uri, "serpent", arrays_cluster.settings, T) as p:
         pid = p.info()["pid"]
-        monkeypatch.setattr(bulk, "_mac", lambda *args: b"\0" * bulk.MAC_SIZE)
+        real_mac = bulk._mac
+        monkeypatch.setattr(bulk, "new_nonce", lambda: algorithm + b"n" * 16)
+        same(a, p.batch("array_tasks:identity", [[a]])["results"][0])  # this MAC passes
+        monkeypatch.setattr(bulk, "_mac", lambda key, nonce, *args: b"\0" * bulk.mac_size(nonce))
         with pytest.raises(Pyro4.errors.SecurityError, match="bulk data hmac mismatch"):
             p.batch("array_tasks:identity", [[a]])
-        monkeypatch.undo()
+        monkeypatch.setattr(bulk, "_mac", real_mac)
         with pytest.raises(Pyro4.errors.ConnectionClosedError):  # the worker hung up after saying why
             p.info()
         p._pyroRelease()
