@@ -133,14 +133,17 @@ class Evaluator:
         lists cloudpickled, for objects plain data cannot carry; ``args`` is then ignored.
         ``run`` names the calling pool, whose constants (``set_shared``) its tasks read. With
         ``output``, what the tasks print comes back as ``[[stream, text], ...]`` under "output".
-        Results are always plain data or numpy (a client never decodes pickle). Over marshal,
-        ``args`` may come packed as ``marshal.dumps(args)``, which skips Pyro4's per-object pass on big batches.
+        Results are always plain data or numpy (a client never decodes pickle). Over marshal or
+        our binary serializer, ``args`` may come packed as ``marshal.dumps(args)``, which skips
+        the per-object pass on big batches. Arguments that are broadcast handles arrive as their
+        values (``binary`` resolves them from ``store``).
 
         Returns:
             ``{"results": [...], "errors": [[index, module, type, args, traceback], ...],
-            "seconds": time spent running}``; results of failed items are None. Over marshal,
-            results come packed: ``marshal.dumps(results)`` under "packed", or serpent-encoded
-            under "serpent" when marshal would mangle them (numpy scalars).
+            "seconds": time spent running}``; results of failed items are None. Over marshal or
+            binary, plain results come packed: ``marshal.dumps(results)`` under "packed"; others
+            come as they are over binary (arrays as raw bytes), serpent-encoded under "serpent"
+            over marshal (numpy scalars would be mangled).
 
         Raises:
             TypeError, KernelError: the batch itself is malformed or names a forbidden task.

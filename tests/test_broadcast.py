@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import array_tasks
-from pyro_compute import LocalCluster, Pool
+from pyro_compute import LocalCluster, Pool, bulk
 from pyro_compute.links import new_proxy
 from pyro_compute.wire import register_wire
 
@@ -51,7 +51,9 @@ def test_tasks_get_the_value_and_each_worker_is_sent_it_once(bcluster: LocalClus
     data = np.random.default_rng(1).random(1 << 18)  # 2 MiB
     with Pool(cluster=bcluster) as pool:
         h = pool.broadcast(data)
+        before = bulk.sent_bytes
         got = list(pool.map(array_tasks.pid_and_sum, [h] * 60, [0.005] * 60, timeout=T))
+        assert bulk.sent_bytes - before < 2 * data.nbytes + 256 * 1024  # at most once per worker
         assert all(total == float(data.sum()) for _, total in got)
         pids = {pid for pid, _ in got}
         assert 1 <= h.workers == len(pids) <= 2
