@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import hmac
 import os
 import queue
@@ -35,11 +36,19 @@ import Pyro4
 import Pyro4.errors
 from Pyro4 import socketutil
 
-Poly1305: Any
-try:  # Poly1305 is 4-8x faster than HMAC-SHA1 (the bound on big transfers); optional
-    from cryptography.hazmat.primitives.poly1305 import Poly1305
-except ImportError:  # pragma: no cover - depends on the environment
-    Poly1305 = None
+
+
+@functools.cache
+def _poly1305() -> Any:
+    """``cryptography``'s Poly1305 (4-8x faster than HMAC-SHA1, the bound on big transfers), or None.
+
+    Imported on first use: processes that never move a big array do not pay for it.
+    """
+    try:
+        from cryptography.hazmat.primitives.poly1305 import Poly1305
+    except ImportError:  # optional: HMAC-SHA1 then
+        return None
+    return Poly1305
 
 PART = 2 << 20  # bytes per part: small enough to pipeline MAC checks with the transfer
 HMAC_SHA1, POLY1305 = b"S", b"P"  # the MAC of the parts, named by the nonce's first byte
@@ -103,7 +112,7 @@ def current() -> Channel | None:
 
 def new_nonce() -> bytes:
     """A fresh nonce for one message's frames; its first byte names the MAC its parts carry."""
-    return (POLY1305 if Poly1305 is not None else HMAC_SHA1) + os.urandom(16)
+    return (POLY1305 if _poly1305() is not None else HMAC_SHA1) + os.urandom(16)
 
 
 def mac_size(nonce: bytes) -> int:
@@ -114,7 +123,7 @@ def mac_size(nonce: bytes) -> int:
     """
     if nonce[:1] == HMAC_SHA1:
         return 20
-    if nonce[:1] == POLY1305 and Poly1305 is not None:
+    if nonce[:1] == POLY1305 and _poly1305() is not None:
         return 16
     raise Pyro4.errors.SerializeError("bulk data came with a MAC this process cannot check; install the "
                                       "'cryptography' package here as on the sender, or remove it there")
@@ -123,8 +132,8 @@ def mac_size(nonce: bytes) -> int:
 def _mac(key: bytes, nonce: bytes, index: int, part: int, data: memoryview) -> bytes:
     """The MAC of one part: Poly1305 under a one-time key derived from the secret, else HMAC-SHA1."""
     label = nonce + struct.pack("<QQ", index, part)
-    if nonce[:1] == POLY1305 and Poly1305 is not None:
-        return bytes(Poly1305.generate_tag(hmac.digest(key, label, "sha256"), data))
+    if nonce[:1] == POLY1305 and _poly1305() is not None:
+        return bytes(_poly1305().generate_tag(hmac.digest(key, label, "sha256"), data))
     mac = hmac.new(key, label, "sha1")
     mac.update(data)
     return mac.digest()
