@@ -115,7 +115,8 @@ def _contenders(a: np.ndarray, mib: int) -> tuple[dict[str, Case], list[str], li
     else:
         dask = Client(DaskCluster(n_workers=1, threads_per_worker=1, processes=True))
         closers.append(dask.close)
-        cases["dask.distributed (1 worker)"] = _rate(mib, lambda: dask.submit(array_tasks.identity, a, pure=False).result())
+        cases["dask.distributed (1 worker)"] = _rate(
+            mib, lambda: dask.submit(array_tasks.identity, a, pure=False).result())
     try:
         import ray
     except ImportError:

@@ -138,7 +138,8 @@ class _Packer:
         else:
             order, flat = "F", a.T
         raw = flat.reshape(-1).view(np.uint8)
-        return self.marker("a", a.dtype.str, list(a.shape), order, self.buffer(memoryview(raw)))  # type: ignore[arg-type]
+        view = memoryview(raw)  # type: ignore[arg-type]
+        return self.marker("a", a.dtype.str, list(a.shape), order, self.buffer(view))
 
     def handle(self, h: Broadcast) -> tuple[Any, ...]:
         peer = None if self.ch is None else self.ch.peer
