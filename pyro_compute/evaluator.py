@@ -16,7 +16,7 @@ import numpy as np
 import Pyro4
 import serpent
 
-from . import kernels, taskctx
+from . import binary, kernels, store, taskctx
 from .activity import Activity
 from .errors import KernelError
 from .references import Resolver
@@ -28,6 +28,7 @@ MAX_DIMS = 64
 MAX_BATCH = 1_000_000
 KERNELS = ("pi_hits", "integrate")
 MARSHAL_ID = Pyro4.util.MarshalSerializer.serializer_id
+PACKING_IDS = (MARSHAL_ID, binary.SERIALIZER_ID)  # serializers that carry marshal-packed args and results
 
 
 def check_count(name: str, value: Any, maximum: int = MAX_SAMPLES, minimum: int = 0) -> int:
@@ -77,6 +78,7 @@ class Evaluator:
         self._tasks = self._samples = self._errors = 0
         self._busy = 0.0
         self._activity = Activity()
+        store.install()  # broadcast values arrive with requests and stay until released
         # Tasks on this worker reach its cluster through futures without configuration.
         taskctx.install(taskctx.Host(name or f"pid{os.getpid()}", functools.partial(_worker_settings, settings),
                                      self._run_lock, self._run_inline, self._resolver.by_value))
@@ -131,20 +133,23 @@ class Evaluator:
         lists cloudpickled, for objects plain data cannot carry; ``args`` is then ignored.
         ``run`` names the calling pool, whose constants (``set_shared``) its tasks read. With
         ``output``, what the tasks print comes back as ``[[stream, text], ...]`` under "output".
-        Results are always plain data or numpy (a client never decodes pickle). Over marshal,
-        ``args`` may come packed as ``marshal.dumps(args)``, which skips Pyro4's per-object pass on big batches.
+        Results are always plain data or numpy (a client never decodes pickle). Over marshal or
+        our binary serializer, ``args`` may come packed as ``marshal.dumps(args)``, which skips
+        the per-object pass on big batches. Arguments that are broadcast handles arrive as their
+        values (``binary`` resolves them from ``store``).
 
         Returns:
             ``{"results": [...], "errors": [[index, module, type, args, traceback], ...],
-            "seconds": time spent running}``; results of failed items are None. Over marshal,
-            results come packed: ``marshal.dumps(results)`` under "packed", or serpent-encoded
-            under "serpent" when marshal would mangle them (numpy scalars).
+            "seconds": time spent running}``; results of failed items are None. Over marshal or
+            binary, plain results come packed: ``marshal.dumps(results)`` under "packed"; others
+            come as they are over binary (arrays as raw bytes), serpent-encoded under "serpent"
+            over marshal (numpy scalars would be mangled).
 
         Raises:
             TypeError, KernelError: the batch itself is malformed or names a forbidden task.
         """
         fn = self._task(task) if code is None else self._resolver.load(_bytes(code))
-        over_marshal = Pyro4.current_context.serializer_id == MARSHAL_ID
+        over_marshal = Pyro4.current_context.serializer_id in PACKING_IDS
         if rows is not None:
             args = self._load_rows(_bytes(rows))
         if isinstance(args, bytes) or (isinstance(args, dict) and "encoding" in args):  # serpent bytes
@@ -165,7 +170,7 @@ class Evaluator:
         # Kernel methods record their own work; count only what they could not see.
         if ":" in task or code is not None:
             self._record(len(args), 0, seconds)
-        reply = _reply(results, errors, seconds, over_marshal)
+        reply = _reply(results, errors, seconds, Pyro4.current_context.serializer_id)
         if printed:  # what the tasks printed, for the caller's terminal
             reply["output"] = printed
         with self._lock:
@@ -212,6 +217,20 @@ class Evaluator:
         if not isinstance(constants, dict) or not all(isinstance(k, str) for k in constants):
             raise TypeError("constants must be a dict with string keys")
         taskctx.set_shared(_run_name(run), constants)
+
+    def release_broadcast(self, keys: list[str]) -> int:
+        """Forget the broadcast values of ``keys`` (``Broadcast.release``); return how many were held.
+
+        Raises:
+            TypeError: keys is not a list of strings.
+        """
+        if not (isinstance(keys, (list, tuple)) and all(isinstance(k, str) for k in keys)):
+            raise TypeError("keys must be a list of broadcast keys (strings)")
+        return store.drop(list(keys))
+
+    def held(self) -> dict[str, int]:
+        """How many broadcast values this worker keeps (``broadcasts``) and their ``bytes``."""
+        return store.held()
 
     def _load_rows(self, rows: bytes) -> Any:
         """Argument lists sent pickled: only a worker that accepts code by value accepts them."""
@@ -281,8 +300,17 @@ def _worker_settings(given: Any) -> Any:
     return Settings.from_env(ns=args.ns, host=args.host, hmac_key_file=args.hmac_key_file)
 
 
-def _reply(results: list[Any], errors: list[list[Any]], seconds: float, over_marshal: bool) -> dict[str, Any]:
-    """The batch reply; results the wire cannot carry become their tasks' errors first."""
+def _reply(results: list[Any], errors: list[list[Any]], seconds: float, serializer_id: int) -> dict[str, Any]:
+    """The batch reply; results the wire cannot carry become their tasks' errors first.
+
+    Over our binary serializer, results that marshal cannot carry (numpy) go as they are.
+    """
+    over_marshal = serializer_id == MARSHAL_ID
+    if serializer_id == binary.SERIALIZER_ID:
+        if marshal_plain(results):
+            return {"packed": pack(results), "errors": errors, "seconds": seconds}
+        fail_unsendable(results, errors, serpent=False)
+        return {"results": results, "errors": errors, "seconds": seconds}
     if over_marshal:
         if not marshal_plain(results):  # one pass in the common case; a second only to find what fails
             fail_unsendable(results, errors, serpent=False)

@@ -5,14 +5,18 @@ import logging
 import threading
 
 import Pyro4
+import Pyro4.constants
 import Pyro4.errors
 
+from . import binary
+from .bulk import BulkProxy
 from .chunk import Chunk
 from .config import Settings
 
 log = logging.getLogger(__name__)
 
 OK, DOWN, RETIRED = "ok", "down", "retired"
+WORKER_SERIALIZERS = ("marshal", "serpent")  # what the scheduler asks for; workers get ours
 
 
 class Call:
@@ -72,8 +76,17 @@ def probe(uri: str, settings: Settings) -> str:
 
 
 def new_proxy(uri: str, serializer: str, settings: Settings, timeout: float) -> Pyro4.Proxy:
-    """A proxy with our secret, serializer and timeout (not connected yet)."""
-    proxy = Pyro4.Proxy(uri)
+    """A proxy with our secret, serializer and timeout (not connected yet).
+
+    A proxy to a worker asked for marshal or serpent gets our binary serializer instead: marshal
+    for the structure as before, arrays and bytes as raw buffers (bulk frames when big) instead
+    of serpent's base64 text. The name server keeps serpent, the only serializer it accepts.
+    """
+    if serializer in WORKER_SERIALIZERS and Pyro4.URI(uri).object != Pyro4.constants.NAMESERVER_NAME:
+        proxy: Pyro4.Proxy = BulkProxy(uri)
+        serializer = binary.NAME
+    else:
+        proxy = Pyro4.Proxy(uri)
     proxy._pyroSerializer = serializer
     proxy._pyroHmacKey = settings.hmac_bytes
     proxy._pyroTimeout = timeout

@@ -10,7 +10,10 @@ Data flow::
                      │            a chunk is taken only by a dispatcher whose worker is free
        ┌─────────────┼──────────────┐   one Link per worker found in the name server,
        ▼             ▼              ▼   SLOTS dispatcher threads per link, each with its own proxy
-   dispatcher    dispatcher     dispatcher ── Evaluator.batch() over Pyro4 (serpent, HMAC)
+   dispatcher    dispatcher     dispatcher ── Evaluator.batch() over Pyro4 (binary.py, HMAC):
+       │             │              │         marshal for the structure, arrays as raw bytes,
+       │             │              │         big ones as MAC'd parts after the message (bulk.py);
+       │             │              │         broadcast values once per worker (broadcast.py)
        │             │              │         health.py: probes overdue workers, revives them
        └─────► chunk.resolve(results, errors) ──► Future ──► map / map_as_completed / map_reduce
 """
@@ -23,20 +26,24 @@ import functools
 import itertools
 import logging
 import sys
+import threading
 import time
 import weakref
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
+import Pyro4.errors
 from tqdm.auto import tqdm
 
+from .broadcast import Broadcast
 from .chunk import Chunk, items
 from .config import Settings
 from .dashboard_state import DashboardRun
 from .feeder import Feeder
 from .health import Health
+from .links import new_proxy
 from .references import SCRIPT_MODULE, by_value_needed, reference_of
 from .scheduler import Scheduler
-from .wire import register_wire
+from .wire import foreign, register_wire
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -78,6 +85,7 @@ class Pool(concurrent.futures.Executor):
         # Weak keys: a lambda sent by value is forgotten with the caller's last reference to it.
         self._code: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
         self._calls = itertools.count()
+        self._broadcasts: weakref.WeakSet[Broadcast] = weakref.WeakSet()  # released at shutdown
         self._scheduler = Scheduler(self.settings)
         self._scheduler.by_value = by_value
         self._scheduler.show_output = show_output
@@ -155,8 +163,40 @@ class Pool(concurrent.futures.Executor):
         self._scheduler.shutdown(wait, cancel_futures)
         if wait and self._scheduler.over.is_set():  # else a map started before still runs
             self._health.join(timeout=5)
+        if wait:
+            self._release_broadcasts()
+        elif self._broadcasts and not self._scheduler.over.is_set():
+            threading.Thread(target=self._release_broadcasts, args=(self._scheduler.over,),
+                             name="pool-release", daemon=True).start()
+        else:
+            self._release_broadcasts()
         if self._dashboard is not None:
             self._dashboard()  # closes the page's server once
+
+    def broadcast(self, value: Any) -> Broadcast:
+        """Send ``value`` once to each worker that runs a task taking the returned handle.
+
+        Pass the handle as a task argument (``pool.map(f, xs, [h] * len(xs))`` or
+        ``pool.submit(f, h)``): the task receives the value. A worker gets the value with its first
+        call that needs it (arrays as raw bytes, in parts when big) and keeps it until
+        ``handle.release()``, the end of ``with pool.broadcast(x) as h:`` or this pool's shutdown.
+
+        Raises:
+            TypeError: the value holds something the wire cannot carry.
+        """
+        if foreign(value):
+            raise TypeError(f"{type(value).__name__} values cannot be broadcast: send plain data "
+                            "(numbers, strings, lists, tuples, dicts) or numpy arrays")
+        handle = Broadcast(value, functools.partial(_release_on_workers, self.settings))
+        self._broadcasts.add(handle)
+        return handle
+
+    def _release_broadcasts(self, after: threading.Event | None = None) -> None:
+        """Release this pool's broadcast values on the workers (once its work is over, if ``after``)."""
+        if after is not None:
+            after.wait()
+        for handle in list(self._broadcasts):
+            handle.release()
 
     @property
     def workers(self) -> list[str]:
@@ -238,6 +278,16 @@ class Pool(concurrent.futures.Executor):
         finally:
             feeder.stop()
             bar.close()
+
+
+def _release_on_workers(settings: Settings, key: str, uris: list[str]) -> None:
+    """Tell each worker at ``uris`` to forget broadcast ``key``; a worker that is gone holds nothing."""
+    for uri in uris:
+        try:
+            with new_proxy(uri, "marshal", settings, settings.probe_timeout) as proxy:
+                proxy.release_broadcast([key])
+        except Pyro4.errors.PyroError as e:
+            log.debug("releasing broadcast %s on %s: %s", key, uri, e)
 
 
 def _close_dashboard(server: Any, run: DashboardRun) -> None:

@@ -45,7 +45,7 @@ class _DecodeRefused:
         return self.loads(data)
 
 
-class _BoundedInflate:
+class BoundedInflate:
     """Mixin: inflate compressed messages up to the message size limit, and no further."""
 
     def deserializeData(self, data: bytes, compressed: bool = False) -> Any:
@@ -148,6 +148,6 @@ def harden() -> None:
     for name in PICKLE_FAMILY:
         _replace(name, _DecodeRefused)
     for name in ("serpent", "marshal", "json", "msgpack"):
-        _replace(name, _BoundedInflate)
+        _replace(name, BoundedInflate)
     for classname, rebuild in _pyro_classes().items():
         SerializerBase.register_dict_to_class(classname, _guarded(rebuild))

@@ -29,6 +29,7 @@ import socket
 import ssl
 import threading
 import time
+import uuid
 from typing import Any, Iterator
 
 import Pyro4
@@ -36,6 +37,8 @@ import Pyro4.errors
 import Pyro4.naming
 from Pyro4 import message, socketutil
 
+from . import binary, bulk
+from .bulk import TOKEN_PREFIX, BulkConnection
 from .serializers import refusing_pyro_objects
 
 log = logging.getLogger(__name__)
@@ -55,18 +58,21 @@ class _Refused(Exception):
     """A stranger broke a pre-authentication rule; its connection is closed unanswered."""
 
 
-class _Connection(socketutil.SocketConnection):  # type: ignore[misc]
-    """A Pyro4 connection that first hands out bytes already read by the select loop."""
+class _Connection(BulkConnection):
+    """A Pyro4 connection that first hands out bytes already read by the select loop (and sends bulk frames)."""
 
     def __init__(self, sock: socket.socket, pending: bytes = b"") -> None:
         super().__init__(sock)
         self.pending = pending
+        self.raw_ok = False  # a handshake is read as bytes
 
-    def recv(self, size: int) -> bytes:
+    def recv(self, size: int) -> Any:
         head, self.pending = self.pending[:size], self.pending[size:]
         if len(head) == size:
             return head
-        return head + super().recv(size - len(head))  # type: ignore[no-any-return]
+        if head:
+            return head + super().recv(size - len(head))
+        return super().recv(size)
 
 
 @dataclasses.dataclass(eq=False)
@@ -309,14 +315,21 @@ class GuardedServer:
 
     def _request(self, c: _Client) -> bool:
         assert c.conn is not None
-        while True:
-            header = c.conn.recv(HEADER_SIZE)
-            if message.Message.from_header(header).flags & message.FLAGS_KEEPSERIALIZED:
-                raise Pyro4.errors.SecurityError("a request with FLAGS_KEEPSERIALIZED; refused")
-            c.conn.pending = header
-            self.daemon.handleRequest(c.conn)
-            if not (isinstance(c.sock, ssl.SSLSocket) and c.sock.pending()):
-                return True
+        # Bulk frames are read only here: after the handshake, after the request's own HMAC check.
+        bulk.open_channel(c.conn, self.daemon._pyroHmacKey)
+        try:
+            while True:
+                header = c.conn.recv(HEADER_SIZE)
+                msg = message.Message.from_header(header)
+                if msg.flags & message.FLAGS_KEEPSERIALIZED:
+                    raise Pyro4.errors.SecurityError("a request with FLAGS_KEEPSERIALIZED; refused")
+                c.conn.pending = header
+                c.conn.raw_ok = msg.serializer_id == binary.SERIALIZER_ID
+                self.daemon.handleRequest(c.conn)
+                if not (isinstance(c.sock, ssl.SSLSocket) and c.sock.pending()):
+                    return True
+        finally:
+            bulk.close_channel(None)
 
     def _dispatch(self, c: _Client) -> None:
         self._selector.unregister(c.sock)
@@ -396,9 +409,23 @@ class _GuardedMixin:
 
 
 class GuardedDaemon(_GuardedMixin, Pyro4.Daemon):  # type: ignore[misc]
-    """A worker's daemon: guarded transport, and no Pyro4 object is ever rebuilt from a caller's data."""
+    """A worker's daemon: guarded transport, and no Pyro4 object is ever rebuilt from a caller's data.
+
+    It also accepts pyro_compute's binary serializer, and answers a handshake with a token of
+    this process, by which pools tell whether a worker already holds a broadcast value.
+    """
 
     strict = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        accepted: set[int] = self._Daemon__serializer_ids  # type: ignore[has-type]
+        self._Daemon__serializer_ids = accepted | {binary.SERIALIZER_ID}
+        self.token = TOKEN_PREFIX + uuid.uuid4().hex
+
+    def validateHandshake(self, conn: Any, data: Any) -> Any:  # noqa: N802 (Pyro4's name)
+        super().validateHandshake(conn, data)
+        return self.token
 
 
 class GuardedNameServerDaemon(_GuardedMixin, Pyro4.naming.NameServerDaemon):  # type: ignore[misc]

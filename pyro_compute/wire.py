@@ -1,13 +1,16 @@
-"""serpent hooks so numpy arrays, numpy scalars and our own errors cross the wire."""
+"""What crosses the wire: serpent hooks for numpy values and our errors, plain-data checks, and the
+registration of our binary serializer (``binary``), which pool calls to workers use."""
 from __future__ import annotations
 
 import functools
 from typing import Any
 
 import numpy as np
+import Pyro4.util
 import serpent
 from Pyro4.util import SerializerBase, SerpentSerializer
 
+from .broadcast import Broadcast
 from .errors import register_errors
 from .serializers import harden
 
@@ -98,7 +101,7 @@ def plain_rows(rows: list[tuple[Any, ...]]) -> bool:
 def foreign(obj: Any, depth: int = 8) -> bool:
     """True if ``obj`` holds an object the wire would refuse to rebuild (not plain data or numpy)."""
     kind = type(obj)
-    if kind in _PLAIN_SCALARS or kind in (bytes, bytearray) or isinstance(obj, (np.ndarray, np.generic)):
+    if kind in _PLAIN_SCALARS or kind in (bytes, bytearray) or isinstance(obj, (np.ndarray, np.generic, Broadcast)):
         return False
     if kind in _PLAIN_CONTAINERS or kind in (set, frozenset):
         return depth == 0 or any(foreign(x, depth - 1) for x in obj)
@@ -119,7 +122,7 @@ def from_serpent(data: bytes) -> Any:
 
 @functools.cache
 def register_wire() -> None:
-    """Register our serpent hooks and harden Pyro4's serializers (idempotent).
+    """Register our serpent hooks and binary serializer, and harden Pyro4's serializers (idempotent).
 
     Every process of ours runs this (pools, status, workers, the name server launcher), so
     none of them decodes pickle-family data from the network; see ``serializers``.
@@ -131,3 +134,8 @@ def register_wire() -> None:
     SerializerBase.register_dict_to_class("complex", _dict_to_complex)
     register_errors()
     harden()
+    from .binary import NAME, BinarySerializer  # binary imports this module's neighbours
+    if NAME not in Pyro4.util._serializers:
+        binary = BinarySerializer()
+        Pyro4.util._serializers[NAME] = binary
+        Pyro4.util._serializers_by_id[binary.serializer_id] = binary
