@@ -22,7 +22,7 @@ from Pyro4.util import MarshalSerializer, SerializerBase
 
 from . import bulk
 from .broadcast import Broadcast
-from .serializers import BoundedInflate
+from .serializers import BoundedInflate, plain
 
 NAME = "pyro_compute"
 SERIALIZER_ID = 0x7063  # ours; Pyro4 uses 1-7
@@ -101,6 +101,11 @@ class _Packer:
             return self.handle(obj)
         if obj is Ellipsis:
             raise TypeError("Ellipsis (...) cannot cross the wire; send None or a string instead")
+        if not isinstance(obj, BaseException):  # Pyro4 would send an object's __dict__: a silent dict
+            kind = type(obj)
+            raise TypeError(f"an object of class {kind.__module__}.{kind.__qualname__} cannot cross the wire: "
+                            "only plain data (numbers, strings, bytes, lists, tuples, dicts, sets) and numpy "
+                            "arrays do; send its fields (a tuple or vars(obj)) and rebuild it in the task")
         self.rebuild = True
         return self.pack(MarshalSerializer.class_to_dict(obj))
 
@@ -207,7 +212,7 @@ def loads(data: bytes) -> Any:
         expect_hook(keys, True)  # another call to this worker that needs them waits for them
     try:
         frames = _frames(sizes, nonce)
-        return _Unpacker(frames).unpack(tree) if flags & REBUILD else tree
+        return _Unpacker(frames).unpack(tree) if flags & REBUILD else plain(tree)
     finally:
         if keys and expect_hook is not None:
             expect_hook(keys, False)

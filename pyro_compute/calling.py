@@ -16,6 +16,7 @@ from .dashboard_state import RunReporter
 from .links import ANSWERS, Call, Dispatcher, Link, connect, new_proxy, probe
 from .references import first_object, object_argument_refusal
 from .sending import encode_rows, show_output
+from .serializers import plain
 from .wire import foreign, from_serpent, is_plain
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ def call(sched: Scheduler, d: Dispatcher, proxy: Pyro4.Proxy, chunk: Chunk,
         else:
             reply = proxy.batch(chunk.task, args, chunk.kwargs, chunk.seeds, chunk.code, **sched.options())
         if "packed" in reply:
-            reply["results"] = marshal.loads(reply["packed"])
+            reply["results"] = plain(marshal.loads(reply["packed"]))
         elif "serpent" in reply:
             reply["results"] = from_serpent(reply["serpent"])
     except (Pyro4.errors.SerializeError, Pyro4.errors.MessageTooLargeError) as e:

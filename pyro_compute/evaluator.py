@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 import numba
 import numpy as np
 import Pyro4
+import Pyro4.errors
 import serpent
 
 from . import binary, kernels, store, taskctx
@@ -21,6 +22,7 @@ from .activity import Activity
 from .errors import KernelError
 from .references import Resolver
 from .replies import error_entry, fail_unsendable, marshal_plain, pack, short_repr
+from .serializers import plain
 from .wire import to_serpent
 
 MAX_SAMPLES = 1 << 40
@@ -81,7 +83,8 @@ class Evaluator:
         store.install()  # broadcast values arrive with requests and stay until released
         # Tasks on this worker reach its cluster through futures without configuration.
         taskctx.install(taskctx.Host(name or f"pid{os.getpid()}", functools.partial(_worker_settings, settings),
-                                     self._run_lock, self._run_inline, self._resolver.by_value))
+                                     self._run_lock, self._run_inline, self._resolver.by_value,
+                                     resolve=self._function))
 
     def pi_hits(self, samples: int, seed: int = 0) -> int:
         """Count hits of ``samples`` random points inside the quarter circle.
@@ -241,10 +244,14 @@ class Evaluator:
         import cloudpickle  # only workers that opted in need it
         return cloudpickle.loads(rows)
 
+    def _function(self, task: str, code: Any) -> Callable[..., Any]:
+        """A task's function: named by ``task``, or ``code`` by value where this worker allows it."""
+        return self._task(task) if code is None else self._resolver.load(_bytes(code))
+
     def _run_inline(self, chunk: Any, run: str) -> None:
         """Run a chunk of a pool made in this process here, as part of the task that waits."""
         try:
-            fn = self._task(chunk.task) if chunk.code is None else self._resolver.load(_bytes(chunk.code))
+            fn = self._function(chunk.task, chunk.code)
         except Exception as e:  # the chunk's failure, reported through its future
             chunk.fail(e)
             return
@@ -325,9 +332,9 @@ def _reply(results: list[Any], errors: list[list[Any]], seconds: float, serializ
 def _unpack(data: Any) -> Any:
     """marshal-packed args: the same trust as Pyro4's marshal serializer, which sent them."""
     try:
-        return marshal.loads(data)
-    except (EOFError, ValueError, TypeError):
-        raise TypeError("packed args are not valid marshal data") from None
+        return plain(marshal.loads(data))
+    except (EOFError, ValueError, TypeError, Pyro4.errors.SerializeError):
+        raise TypeError("packed args are not valid marshal data of plain values") from None
 
 
 def _bytes(data: Any) -> bytes:

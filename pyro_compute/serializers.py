@@ -6,6 +6,8 @@ Every process of ours runs ``harden()`` through ``wire.register_wire()``:
   but can no longer *decode*: a handshake reply, call reply or request in one of them raises
   ``SerializeError`` before a byte is unpickled. Pyro4 picks the handshake reply's decoder by the
   id the peer names, so without this a fake worker could run code in any client.
+- marshal (Pyro4's serializer, and the structure of ours) decodes only plain data: it would
+  also rebuild code objects, which nothing of ours should ever hold from the network.
 - serpent and marshal inflate a compressed message only up to ``Pyro4.config.MAX_MESSAGE_SIZE``
   bytes, so a small zlib bomb cannot make anyone hold a gigabyte.
 - inside ``refusing_pyro_objects()`` (a worker wraps every request and handshake in it), class
@@ -15,6 +17,8 @@ Every process of ours runs ``harden()`` through ``wire.register_wire()``:
 from __future__ import annotations
 
 import contextlib
+import itertools
+import marshal
 import threading
 import zlib
 from typing import Any, Callable, Iterator
@@ -26,6 +30,8 @@ import Pyro4.util
 from Pyro4.util import SerializerBase
 
 PICKLE_FAMILY = ("pickle", "dill", "cloudpickle")
+_PLAIN = frozenset({type(None), bool, int, float, complex, str, bytes})
+_ROWS = frozenset({tuple, list})
 DEFAULT_INFLATE_LIMIT = 256 * 1024 * 1024
 _state = threading.local()
 
@@ -53,6 +59,45 @@ class BoundedInflate:
 
     def deserializeCall(self, data: bytes, compressed: bool = False) -> Any:
         return self.loadsCall(inflate(data) if compressed else data)  # type: ignore[attr-defined]
+
+
+class PlainMarshal(BoundedInflate):
+    """Mixin for Pyro4's marshal serializer: plain data only (see ``plain``), bounded inflate."""
+
+    def loadsCall(self, data: bytes) -> Any:  # noqa: N802
+        obj, method, vargs, kwargs = plain(marshal.loads(data))
+        return obj, method, self.recreate_classes(vargs), self.recreate_classes(kwargs)  # type: ignore[attr-defined]
+
+    def loads(self, data: bytes) -> Any:
+        return self.recreate_classes(plain(marshal.loads(data)))  # type: ignore[attr-defined]
+
+
+def plain(tree: Any) -> Any:
+    """``tree`` if it holds only plain data, as marshal decoded it (marshal also builds code objects).
+
+    Raises:
+        Pyro4.errors.SerializeError: something else, e.g. a code object.
+    """
+    stack = [tree]
+    while stack:
+        obj = stack.pop()
+        kind = type(obj)
+        if kind in _PLAIN:
+            continue
+        if kind is list or kind is tuple or kind is set or kind is frozenset:
+            types = set(map(type, obj))
+            if types <= _PLAIN:
+                continue
+            if types <= _ROWS and set(map(type, itertools.chain.from_iterable(obj))) <= _PLAIN:
+                continue  # a chunk's argument tuples, checked at C speed
+            stack.extend(obj)
+        elif kind is dict:
+            stack.extend(obj)
+            stack.extend(obj.values())
+        else:
+            raise Pyro4.errors.SerializeError(f"refused a {kind.__name__} in a marshal message: only "
+                                              "plain data may arrive that way")
+    return tree
 
 
 def inflate(data: bytes, limit: int | None = None) -> bytes:
@@ -147,7 +192,8 @@ def harden() -> None:
     """Harden Pyro4's serializer tables in this process (idempotent); see the module docstring."""
     for name in PICKLE_FAMILY:
         _replace(name, _DecodeRefused)
-    for name in ("serpent", "marshal", "json", "msgpack"):
+    _replace("marshal", PlainMarshal)
+    for name in ("serpent", "json", "msgpack"):
         _replace(name, BoundedInflate)
     for classname, rebuild in _pyro_classes().items():
         SerializerBase.register_dict_to_class(classname, _guarded(rebuild))

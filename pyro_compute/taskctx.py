@@ -139,8 +139,8 @@ def _rebuild(value: dict[str, Any]) -> Any:
     assert host is not None
     code = value.get("code")
     if FUNCTION in value:
-        resolve = host.resolve or _evaluator_resolve()
-        return resolve(str(value[FUNCTION]), code)
+        assert host.resolve is not None, "the Evaluator installs its resolver with the host"
+        return host.resolve(str(value[FUNCTION]), code)
     if not host.by_value:
         from .errors import KernelError
         raise KernelError("a shared constant was sent by value, but this worker does not accept "
@@ -148,18 +148,6 @@ def _rebuild(value: dict[str, Any]) -> Any:
                           "make the constant plain data")
     import cloudpickle  # only workers that opted in need it
     return cloudpickle.loads(_raw_bytes(value[OBJECT]))
-
-
-def _evaluator_resolve() -> Callable[[str, Any], Callable[..., Any]]:
-    """Resolve a task's function as the Evaluator that installed the host does (until it passes ``resolve``)."""
-    assert host is not None
-    evaluator = getattr(host.run_inline, "__self__")
-
-    def resolve(ref: str, code: Any) -> Callable[..., Any]:
-        if code is None:
-            return evaluator._task(ref)  # type: ignore[no-any-return]
-        return evaluator._resolver.load(_raw_bytes(code))  # type: ignore[no-any-return]
-    return resolve
 
 
 def _raw_bytes(data: Any) -> bytes:

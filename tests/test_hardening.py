@@ -548,3 +548,34 @@ def test_idle_authenticated_connections_are_reclaimed(deployment: tuple[Deployme
             p._pyroRelease()
     print(f"50 idle authenticated connections closed {reclaimed_after:.1f} s after binding")
     assert reclaimed_after >= 2.0
+
+
+# -- marshal rebuilds code objects: nothing of ours takes one from the network --------------------
+
+CODE = compile("print('pwned')", "attacker", "exec")
+
+
+@pytest.mark.parametrize("serializer", ["marshal", "pyro_compute"])
+def test_a_code_object_in_a_marshal_message_is_refused(
+        deployment: tuple[Deployment, str], serializer: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import marshal
+
+    from pyro_compute import binary
+    d, uri = deployment
+    ser = Pyro4.util.get_serializer(serializer)
+
+    def raw_call(obj: str, method: str, vargs: Any, kwargs: Any) -> bytes:
+        call = (obj, method, vargs, kwargs)  # marshal writes the code object as it is
+        return marshal.dumps(call if serializer == "marshal" else (binary.MAGIC, 0, call, [], b"", []))
+
+    with proxy(uri, d.key_bytes) as ev:
+        ev._pyroSerializer = serializer
+        ev._pyroBind()
+        monkeypatch.setattr(ser, "dumpsCall", raw_call)
+        for args in ([[CODE]], [[("x", {"k": [CODE]})]]):
+            with pytest.raises(Pyro4.errors.SerializeError, match="code"):
+                ev.batch("builtins:len", *args)
+        monkeypatch.undo()
+        with pytest.raises(TypeError, match="not valid marshal data of plain values"):
+            ev.batch("builtins:len", marshal.dumps([(CODE,)]))  # packed args
+        assert ev.pi_hits(1000, 1) == kernels.pi_hits(1000, 1)
