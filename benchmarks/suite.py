@@ -1,4 +1,4 @@
-"""The benchmarks B1–B7: each runs its contenders side by side and returns a Report."""
+"""The benchmarks B1–B9: each runs its contenders side by side and returns a Report."""
 from __future__ import annotations
 
 import functools
@@ -14,7 +14,7 @@ import Pyro4
 from pyro_compute import LocalCluster, Pool, estimate_pi, tasks
 from pyro_compute.kernels import pi_hits
 
-from . import workloads
+from . import arrays, workloads
 from .contenders import Contender, cluster, contenders
 from .harness import Case, Report, Row, Target, percentiles_us, seconds, side_by_side, timed
 from .kernel import numpy_random_hits
@@ -195,4 +195,5 @@ def startup(repeat: int) -> Report:
 
 BENCHMARKS: dict[str, Callable[[int], Report]] = {
     "B1": kernel_rate, "B2": cookbook_pi, "B3": cookbook_map_reduce, "B4": tiny_tasks,
-    "B5": latency, "B6": scaling, "B7": startup}
+    "B5": latency, "B6": scaling, "B7": startup, "B8": arrays.round_trip,
+    "B9": arrays.shared_array}

@@ -38,6 +38,7 @@ from .broadcast import Broadcast
 from .chunk import Chunk, items
 from .config import Settings
 from .dashboard_state import DashboardRun
+from .errors import ConfigError
 from .feeder import Feeder
 from .health import Health
 from .links import new_proxy
@@ -67,7 +68,8 @@ class Pool(concurrent.futures.Executor):
         dashboard: True serves this pool's own live page (task stream, tasks queued, running and
             done) on 127.0.0.1 at a free port until ``shutdown()``; its address is in
             ``dashboard_url``, the run in ``dashboard_run``. A DashboardRun is reported to
-            without serving it.
+            without serving it. A URL (``"http://127.0.0.1:8787"``) reports to the
+            ``pyro-compute dashboard`` there, from a background thread, until ``shutdown()``.
 
     Raises:
         WorkerUnavailableError: the name server cannot be reached or does not answer within
@@ -76,7 +78,7 @@ class Pool(concurrent.futures.Executor):
 
     def __init__(self, ns: str | None = None, *, cluster: Any = None, settings: Settings | None = None,
                  seed: int | None = None, by_value: bool = False, show_output: bool = False,
-                 dashboard: bool | DashboardRun = False) -> None:
+                 dashboard: bool | str | DashboardRun = False) -> None:
         base = settings or (cluster.settings if cluster is not None else Settings.from_env())
         self.settings = dataclasses.replace(base, ns=ns or base.ns)
         register_wire()
@@ -96,7 +98,9 @@ class Pool(concurrent.futures.Executor):
         self.dashboard_url: str | None = None
         self.dashboard_run: DashboardRun | None = None  # what this pool reports to
         self._dashboard: Callable[[], Any] | None = None  # a weakref.finalize
-        if dashboard is not False:
+        if isinstance(dashboard, str):
+            self._report_to(dashboard)
+        elif dashboard is not False:
             self._attach(DashboardRun("pool") if dashboard is True else dashboard, serve=dashboard is True)
 
     # -- public API -------------------------------------------------------------------------
@@ -223,6 +227,18 @@ class Pool(concurrent.futures.Executor):
         self.dashboard_url = server.url
         log.info("pool dashboard at %s", server.url)
         print(f"pyro-compute dashboard: {server.url}", file=sys.stderr, flush=True)
+
+    def _report_to(self, url: str) -> None:
+        """Report every finished call to the dashboard at ``url`` (another process) until shutdown."""
+        from .dashboard_client import RemoteRun  # only reporting pools need the HTTP client
+        try:
+            run = RemoteRun(url, self.settings).start()
+        except ConfigError:
+            self._scheduler.shutdown(False, False)
+            raise
+        self._scheduler.reporter = self.dashboard_run = run
+        self._dashboard = weakref.finalize(self, run.close)  # sends the last reports, then stops
+        self.dashboard_url = url
 
     def _task_of(self, fn: Callable[..., Any] | str) -> tuple[str, bytes | None]:
         """How ``fn`` travels: a reference, or (by_value pools) cloudpickled bytes."""

@@ -15,6 +15,8 @@ from typing import Any, Collection
 
 import numpy as np
 
+from .references import object_result_refusal
+
 INT_DIGITS = 4300  # CPython's default limit for int <-> str; serpent writes ints as text
 _INT_LIMIT = 10**INT_DIGITS
 _INT_BITS = _INT_LIMIT.bit_length()  # ints with fewer bits are below the limit
@@ -99,8 +101,9 @@ def unsendable(value: Any, serpent: bool, depth: int = 0) -> str | None:
         return _items(value.values(), serpent, depth)
     if isinstance(value, BaseException) and kind.__module__ in ("builtins", "pyro_compute.errors"):
         return _items(value.args, serpent, depth)
-    hint = " (an iterator: return a list of its items)" if hasattr(value, "__next__") else ""
-    return f"a {kind.__module__}.{kind.__qualname__}{hint}"
+    if hasattr(value, "__next__"):
+        return f"a {kind.__module__}.{kind.__qualname__} (an iterator: return a list of its items)"
+    return object_result_refusal(value)
 
 
 def _items(values: Collection[Any], serpent: bool, depth: int) -> str | None:
