@@ -25,7 +25,7 @@ from .broadcast import Broadcast
 from .serializers import BoundedInflate, plain
 
 NAME = "pyro_compute"
-SERIALIZER_ID = 0x7063  # ours; Pyro4 uses 1-7
+SERIALIZER_ID = bulk.SERIALIZER_ID
 MAGIC = b"PCB\x01"
 REBUILD = 1  # flags: the tree holds markers or class dicts
 STREAM_MIN = 64 * 1024  # buffers smaller than this travel inside the message

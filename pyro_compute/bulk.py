@@ -29,12 +29,14 @@ import queue
 import socket
 import struct
 import threading
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-import numpy as np
 import Pyro4
 import Pyro4.errors
 from Pyro4 import socketutil
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 
@@ -50,6 +52,7 @@ def _poly1305() -> Any:
         return None
     return Poly1305
 
+SERIALIZER_ID = 0x7063  # pyro_compute's binary serializer (binary.py); Pyro4 uses 1-7
 PART = 2 << 20  # bytes per part: small enough to pipeline MAC checks with the transfer
 HMAC_SHA1, POLY1305 = b"S", b"P"  # the MAC of the parts, named by the nonce's first byte
 BIG_MESSAGE = 1 << 20  # a message this big is received into one buffer
@@ -206,6 +209,7 @@ def recv_frames(conn: Any, key: bytes | None, nonce: bytes, sizes: Sequence[int]
     if not all(type(n) is int and n >= 0 for n in sizes) or sum(sizes) > MAX_BULK:
         raise Pyro4.errors.SerializeError(f"bulk sizes {list(sizes)[:8]} are malformed or over {MAX_BULK} bytes")
     try:
+        import numpy as np  # here, not at the top: the name server (no frames ever) loads no NumPy
         buffers = [np.empty(n, np.uint8) for n in sizes]
     except MemoryError:
         raise Pyro4.errors.SerializeError(f"not enough memory for {sum(sizes):,} bytes of arrays") from None

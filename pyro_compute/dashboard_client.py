@@ -48,14 +48,14 @@ def _endpoint(url: str) -> tuple[str, int, str]:
     """Host, port and report path of a dashboard address such as ``http://127.0.0.1:8787/``.
 
     Raises:
-        ConfigError: the address is not an http:// URL or host:port.
+        ConfigError: the address is neither an http:// URL nor host:port.
     """
     parts = urllib.parse.urlsplit(url if "//" in url else f"http://{url}")
     try:
         port = parts.port or 80
     except ValueError:
         port = -1
-    if parts.scheme != "http" or not parts.hostname or port < 1:
+    if parts.scheme != "http" or not parts.hostname or port < 1 or ("//" not in url and parts.port is None):
         raise ConfigError(f"the dashboard address {url!r} is not of the form http://HOST:PORT/; give the "
                           "address 'pyro-compute dashboard' printed")
     return parts.hostname, port, parts.path.rstrip("/") + "/api/report"

@@ -37,7 +37,7 @@ import Pyro4.errors
 import Pyro4.naming
 from Pyro4 import message, socketutil
 
-from . import binary, bulk
+from . import bulk
 from .bulk import TOKEN_PREFIX, BulkConnection
 from .serializers import refusing_pyro_objects
 
@@ -324,7 +324,7 @@ class GuardedServer:
                 if msg.flags & message.FLAGS_KEEPSERIALIZED:
                     raise Pyro4.errors.SecurityError("a request with FLAGS_KEEPSERIALIZED; refused")
                 c.conn.pending = header
-                c.conn.raw_ok = msg.serializer_id == binary.SERIALIZER_ID
+                c.conn.raw_ok = msg.serializer_id == bulk.SERIALIZER_ID
                 self.daemon.handleRequest(c.conn)
                 if not (isinstance(c.sock, ssl.SSLSocket) and c.sock.pending()):
                     return True
@@ -420,7 +420,7 @@ class GuardedDaemon(_GuardedMixin, Pyro4.Daemon):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         accepted: set[int] = self._Daemon__serializer_ids  # type: ignore[has-type]
-        self._Daemon__serializer_ids = accepted | {binary.SERIALIZER_ID}
+        self._Daemon__serializer_ids = accepted | {bulk.SERIALIZER_ID}
         self.token = TOKEN_PREFIX + uuid.uuid4().hex
 
     def validateHandshake(self, conn: Any, data: Any) -> Any:  # noqa: N802 (Pyro4's name)

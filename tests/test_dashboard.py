@@ -428,7 +428,9 @@ def test_pool_reports_to_a_run_it_is_given_without_serving(cluster: LocalCluster
     assert snap["counts"]["done"] == 20 and snap["task_count"] == 5
     assert {t["worker"] for t in snap["tasks"]} <= set(cluster.registered())
     with pytest.raises(TypeError, match="DashboardRun"):
-        Pool(cluster=cluster, dashboard="yes")  # type: ignore[arg-type]
+        Pool(cluster=cluster, dashboard=1)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="not of the form http://HOST:PORT/"):
+        Pool(cluster=cluster, dashboard="yes")
 
 
 def test_cli_run_dashboard_prints_the_url_and_reports_the_script(
