@@ -90,6 +90,7 @@ class Worker:
         # deadlocks); the Event wakes the registrar and is set by the main thread only.
         self._stopping = False
         self._stop = threading.Event()
+        self._ns: Any = None  # the name server's proxy, used by the registration thread only
         if by_value and settings.hmac_bytes is None:
             raise ConfigError("--allow-by-value runs code that callers send, so it needs a shared "
                               "secret: set PYRO_COMPUTE_HMAC_KEY or PYRO_COMPUTE_HMAC_KEY_FILE")
@@ -150,35 +151,56 @@ class Worker:
     def _keep_registered(self) -> None:
         """Hold our name: retry (saying why) until it is ours, then check it now and then."""
         wait = STARTUP_RETRY
-        while not self._stopping:
-            if self._hold():
-                wait = self.settings.discovery_interval
-            else:
-                wait = min(wait * 2, self.settings.discovery_interval)
-            if self._stop.wait(wait):
-                return
+        try:
+            while not self._stopping:
+                if self._hold():
+                    wait = self.settings.discovery_interval
+                else:
+                    wait = min(wait * 2, self.settings.discovery_interval)
+                if self._stop.wait(wait):
+                    return
+        finally:
+            self._forget_name_server()
 
     def _hold(self) -> bool:
         """One round: make the name server map our name to us unless a live worker holds it."""
         try:
-            with locate_ns(self.settings) as ns:
-                current = ns.list(prefix=self.name).get(self.name)
-                if current == str(self.uri):
-                    return True
-                if current and not self._take_over(ns, current):
-                    return False
-                ns.register(self.name, self.uri, safe=True, metadata=self.metadata)
+            ns = self._name_server()
+            current = ns.list(prefix=self.name).get(self.name)
+            if current == str(self.uri):
+                return True
+            if current and not self._take_over(ns, current):
+                return False
+            ns.register(self.name, self.uri, safe=True, metadata=self.metadata)
         except Pyro4.errors.NamingError as e:
             if "already registered" in str(e):  # another worker took it between our list and register
                 return False
             self._problem(f"cannot register {self.name}: " + explain(e, self.settings.ns, "the name server"))
             return False
         except Pyro4.errors.PyroError as e:
+            self._forget_name_server()
             self._problem(f"cannot register {self.name}: " + explain(e, self.settings.ns, "the name server")
                           + "; retrying")
             return False
         self._registered_now()
         return True
+
+    def _name_server(self) -> Any:
+        """The name server's proxy, kept between rounds: a new connection every round for every
+        worker costs the name server a handshake per worker per discovery interval."""
+        if self._ns is not None:
+            try:
+                self._ns.ping()  # a name server restarted meanwhile closed the connection
+                return self._ns
+            except Pyro4.errors.CommunicationError:
+                self._forget_name_server()
+        self._ns = locate_ns(self.settings)
+        return self._ns
+
+    def _forget_name_server(self) -> None:
+        if self._ns is not None:
+            self._ns._pyroRelease()
+            self._ns = None
 
     def _take_over(self, ns: Any, current: str) -> bool:
         """Free the name from a dead holder; False (said loudly) while a live worker holds it."""
