@@ -15,7 +15,6 @@ import numba
 import numpy as np
 import Pyro4
 import Pyro4.errors
-import serpent
 
 from . import binary, kernels, store, taskctx
 from .activity import Activity
@@ -23,7 +22,7 @@ from .errors import KernelError
 from .references import Resolver
 from .replies import error_entry, fail_unsendable, marshal_plain, pack, short_repr
 from .serializers import plain
-from .wire import to_serpent
+from .wire import sent_bytes, to_serpent
 
 MAX_SAMPLES = 1 << 40
 MAX_DIMS = 64
@@ -151,10 +150,10 @@ class Evaluator:
         Raises:
             TypeError, KernelError: the batch itself is malformed or names a forbidden task.
         """
-        fn = self._task(task) if code is None else self._resolver.load(_bytes(code))
+        fn = self._function(task, code)
         over_marshal = Pyro4.current_context.serializer_id in PACKING_IDS
         if rows is not None:
-            args = self._load_rows(_bytes(rows))
+            args = self._load_rows(sent_bytes(rows, "rows"))
         if isinstance(args, bytes) or (isinstance(args, dict) and "encoding" in args):  # serpent bytes
             if not over_marshal:
                 raise TypeError("packed args (bytes) are accepted only over the marshal serializer")
@@ -246,7 +245,7 @@ class Evaluator:
 
     def _function(self, task: str, code: Any) -> Callable[..., Any]:
         """A task's function: named by ``task``, or ``code`` by value where this worker allows it."""
-        return self._task(task) if code is None else self._resolver.load(_bytes(code))
+        return self._task(task) if code is None else self._resolver.load(sent_bytes(code, "code"))
 
     def _run_inline(self, chunk: Any, run: str) -> None:
         """Run a chunk of a pool made in this process here, as part of the task that waits."""
@@ -339,12 +338,3 @@ def _unpack(data: Any) -> Any:
         return plain(marshal.loads(data))
     except (EOFError, ValueError, TypeError, Pyro4.errors.SerializeError):
         raise TypeError("packed args are not valid marshal data of plain values") from None
-
-
-def _bytes(data: Any) -> bytes:
-    """Bytes as sent: serpent wraps them in a base64 dict, marshal does not."""
-    if isinstance(data, dict):
-        data = serpent.tobytes(data)
-    if not isinstance(data, bytes):
-        raise TypeError(f"code must be bytes, not {type(data).__name__}")
-    return data

@@ -147,17 +147,9 @@ def _rebuild(value: dict[str, Any]) -> Any:
                           "objects by value; start it with --allow-by-value and an HMAC secret, or "
                           "make the constant plain data")
     import cloudpickle  # only workers that opted in need it
-    return cloudpickle.loads(_raw_bytes(value[OBJECT]))
 
-
-def _raw_bytes(data: Any) -> bytes:
-    """Bytes as sent: serpent wraps them in a base64 dict, marshal does not."""
-    if isinstance(data, dict):
-        import serpent
-        data = serpent.tobytes(data)
-    if not isinstance(data, bytes):
-        raise TypeError(f"a by-value constant must be bytes, not {type(data).__name__}")
-    return data
+    from .wire import sent_bytes
+    return cloudpickle.loads(sent_bytes(value[OBJECT], "a by-value constant"))
 
 
 def add_scheduler(scheduler: Any) -> None:

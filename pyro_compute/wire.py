@@ -110,6 +110,19 @@ def foreign(obj: Any, depth: int = 8) -> bool:
     return True
 
 
+def sent_bytes(data: Any, what: str) -> bytes:
+    """Bytes as sent: serpent wraps them in a base64 dict, marshal and our serializer do not.
+
+    Raises:
+        TypeError: ``data`` is not bytes in either form; ``what`` names it.
+    """
+    if isinstance(data, dict):
+        data = serpent.tobytes(data)
+    if not isinstance(data, bytes):
+        raise TypeError(f"{what} must be bytes, not {type(data).__name__}")
+    return data
+
+
 def to_serpent(obj: Any) -> bytes:
     """Serialize ``obj`` with Pyro4's serpent serializer and our hooks."""
     return SerpentSerializer().dumps(obj)  # type: ignore[no-any-return]

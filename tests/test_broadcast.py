@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import pytest
 
 import array_tasks
+from polling import wait_until
 from pyro_compute import LocalCluster, Pool, bulk
 from pyro_compute.links import new_proxy
 from pyro_compute.wire import register_wire
@@ -36,15 +36,6 @@ def held(cluster: LocalCluster) -> dict[str, dict[str, int]]:
         with new_proxy(uri, "marshal", cluster.settings, T) as p:
             out[name] = p.held()
     return out
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-    return value
 
 
 def test_tasks_get_the_value_and_each_worker_is_sent_it_once(bcluster: LocalCluster) -> None:

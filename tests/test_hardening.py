@@ -27,6 +27,7 @@ import Pyro4.message
 import pytest
 
 import raw_pyro
+from polling import wait_until
 from pyro_compute import Pool, cli, kernels
 from pyro_compute.cluster import free_port, terminate
 from pyro_compute.config import NAME_PREFIX, Settings
@@ -42,15 +43,6 @@ STRANGERS = 200
 PYTHONPATH = os.pathsep.join([str(TESTS), *sys.path])
 # run-ns runs the python3 it finds on PATH: make that this Python (a venv's, under .ci/pythons).
 PATH = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-    return value
 
 
 class Deployment:

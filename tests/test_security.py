@@ -20,7 +20,7 @@ import sysconfig
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import psutil
 import Pyro4
@@ -30,6 +30,7 @@ import pytest
 
 import raw_pyro
 import remote_tasks
+from polling import wait_until
 from pyro_compute import Pool, kernels
 from pyro_compute.cluster import LocalCluster, free_port, terminate
 from pyro_compute.config import NAME_PREFIX, Settings
@@ -55,16 +56,6 @@ def proxy(uri: str, key: bytes | None, serializer: str = "serpent") -> Any:
     p._pyroSerializer = serializer
     p._pyroTimeout = CALL_TIMEOUT
     return p
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-    return value
 
 
 @pytest.fixture

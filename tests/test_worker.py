@@ -22,6 +22,7 @@ import Pyro4
 import Pyro4.errors
 import pytest
 
+from polling import wait_until
 from pyro_compute import __version__, kernels
 from pyro_compute.cluster import LocalCluster, free_port, terminate
 from pyro_compute.config import NAME_PREFIX
@@ -45,18 +46,6 @@ def script(name: str) -> str:
         path = Path(sys.executable).parent / name
     assert path.exists(), f"console script {name} is not installed; run pip install -e ."
     return str(path)
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def proxy(uri: str, key: bytes | None) -> Any:
