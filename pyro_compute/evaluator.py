@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import marshal
 import os
 import platform
@@ -11,7 +12,6 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
-import numba
 import numpy as np
 import Pyro4
 import Pyro4.errors
@@ -185,7 +185,7 @@ class Evaluator:
                 "cores": os.cpu_count() or 1, "kernels": list(KERNELS),
                 "integrands": list(kernels.INTEGRANDS), "modules": list(self._resolver.modules),
                 "script": self._resolver.script, "by_value": self._resolver.by_value, "python": platform.python_version(),
-                "pyro4": Pyro4.__version__, "numpy": np.__version__, "numba": numba.__version__}
+                "pyro4": Pyro4.__version__, "numpy": np.__version__, "numba": importlib.metadata.version("numba")}
 
     def stats(self) -> dict[str, Any]:
         """Counters since start, recent busy seconds and tasks in flight.
