@@ -11,7 +11,7 @@ import pytest
 
 import remote_tasks
 from pyro_compute import LocalCluster, Pool
-from pyro_compute.replies import marshal_plain, pack
+from pyro_compute.replies import marshal_plain, pack, pack_plain
 from pyro_compute.wire import register_wire
 
 T = 60
@@ -92,3 +92,19 @@ def test_reduce_over_sets_matches_serial(cluster: LocalCluster) -> None:
                                            ([[True, 10**4300]], False), ([[]], True)])
 def test_marshal_plain_checks_every_int_of_a_container(values: list[Any], plain: bool) -> None:
     assert marshal_plain(values) is plain
+    assert (pack_plain(values) is not None) is plain
+
+
+REFUSED = [[object()], [[1, object()]], [{"k": {object()}}], [{1.5: 2, object(): 3}], [{1}, [2**31, 10**4300]],
+           [{2**40, 10**4300}], [[{1}, [object()]]], [{"a": {1}, "b": 10**4300}], [bytearray(b"x")]]
+
+
+@pytest.mark.parametrize("values", VALUES + [[list(range(-2**31, -2**31 + 50)) + [2**31 - 1, 2**31, 2**63]],
+                                             [{(1, 2): [3], "s": {2**40, -5}}]] + REFUSED)
+def test_pack_plain_is_marshal_plain_then_pack(values: list[Any]) -> None:
+    """The one-pass packer refuses what marshal_plain refuses and otherwise reads back as pack's bytes."""
+    packed = pack_plain(values)
+    assert (packed is not None) is marshal_plain(values)
+    if packed is not None:
+        same(marshal.loads(packed), values)
+        same(marshal.loads(packed), marshal.loads(pack(values)))
