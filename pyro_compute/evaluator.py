@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import itertools
 import marshal
 import os
 import platform
@@ -20,7 +21,7 @@ from . import binary, kernels, store, taskctx
 from .activity import Activity
 from .errors import KernelError
 from .references import Resolver
-from .replies import error_entry, fail_unsendable, marshal_plain, pack, short_repr
+from .replies import INT_DIGITS, error_entry, fail_unsendable, marshal_plain, pack, short_repr
 from .serializers import plain
 from .wire import sent_bytes, to_serpent
 
@@ -28,6 +29,7 @@ MAX_SAMPLES = 1 << 40
 MAX_DIMS = 64
 MAX_BATCH = 1_000_000
 KERNELS = ("pi_hits", "integrate")
+INT_LIMIT = 10**INT_DIGITS  # ints the replies carry (``replies.marshal_plain``)
 MARSHAL_ID = Pyro4.util.MarshalSerializer.serializer_id
 PACKING_IDS = (MARSHAL_ID, binary.SERIALIZER_ID)  # serializers that carry marshal-packed args and results
 
@@ -274,22 +276,49 @@ def _run_all(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]
     stack = taskctx.frames()
     stack.append(frame)
     try:
-        for i, item in enumerate(args):
-            frame.calls = 0
-            try:
-                if type(item) is not tuple and type(item) is not list and not isinstance(item, (list, tuple)):
-                    raise TypeError(f"argument list {i} must be a list or tuple, not {type(item).__name__}")
-                if seeds is None:
-                    results.append(fn(*item, **kwargs))
-                else:
-                    frame.seed = int(seeds[i])
-                    results.append(fn(*item, seed=seeds[i], **kwargs))
-            except Exception as e:  # a task's failure belongs to that task, never to the worker
-                results.append(None)
-                errors.append(error_entry(i, e))
+        if seeds is None and set(map(type, args)) <= _ROW_TYPES:
+            _run_unseeded(functools.partial(fn, **kwargs) if kwargs else fn, args, results, errors)
+        else:
+            _run_each(fn, args, kwargs, seeds, frame, results, errors)
     finally:
         stack.pop()
     return results, errors
+
+
+_ROW_TYPES = frozenset({tuple, list})
+
+
+def _run_unseeded(fn: Callable[..., Any], args: Sequence[Any], results: list[Any],
+                  errors: list[list[Any]]) -> None:
+    """Unseeded tasks at C speed (``starmap``); a failed task's slot gets None and the rest go on.
+
+    Without a seed a task's frame never changes (``taskctx.next_seed`` counts calls only of
+    seeded tasks), so one frame serves the batch without a reset per task.
+    """
+    while len(results) < len(args):
+        try:  # list.extend keeps the results appended before a task raised
+            results.extend(itertools.starmap(fn, args[len(results):] if results else args))
+        except Exception as e:  # a task's failure belongs to that task, never to the worker
+            errors.append(error_entry(len(results), e))
+            results.append(None)
+
+
+def _run_each(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any], seeds: Sequence[int] | None,
+              frame: taskctx.Frame, results: list[Any], errors: list[list[Any]]) -> None:
+    """Tasks one by one: seeded (each its own frame seed and count), or rows to check one by one."""
+    for i, item in enumerate(args):
+        frame.calls = 0
+        try:
+            if type(item) is not tuple and type(item) is not list and not isinstance(item, (list, tuple)):
+                raise TypeError(f"argument list {i} must be a list or tuple, not {type(item).__name__}")
+            if seeds is None:
+                results.append(fn(*item, **kwargs))
+            else:
+                frame.seed = int(seeds[i])
+                results.append(fn(*item, seed=seeds[i], **kwargs))
+        except Exception as e:  # a task's failure belongs to that task, never to the worker
+            results.append(None)
+            errors.append(error_entry(i, e))
 
 
 def _run_name(run: Any) -> str:
@@ -316,6 +345,8 @@ def _reply(results: list[Any], errors: list[list[Any]], seconds: float, serializ
     Over our binary serializer, results that marshal cannot carry (numpy) go as they are.
     """
     over_marshal = serializer_id == MARSHAL_ID
+    if serializer_id in PACKING_IDS and _flat_plain(results):  # the common case, in one pass at C speed
+        return {"packed": marshal.dumps(results), "errors": errors, "seconds": seconds}
     if serializer_id == binary.SERIALIZER_ID:
         if marshal_plain(results):
             return {"packed": pack(results), "errors": errors, "seconds": seconds}
@@ -330,6 +361,18 @@ def _reply(results: list[Any], errors: list[list[Any]], seconds: float, serializ
     if over_marshal:
         return {"serpent": to_serpent(results), "errors": errors, "seconds": seconds}
     return {"results": results, "errors": errors, "seconds": seconds}
+
+
+_FLAT_RESULTS = frozenset({type(None), bool, float, str})
+_INT_RESULTS = frozenset({int})
+
+
+def _flat_plain(results: list[Any]) -> bool:
+    """True for results of flat scalars that ``marshal_plain`` passes and ``pack`` writes as ``marshal.dumps``."""
+    kinds = set(map(type, results))
+    if kinds <= _FLAT_RESULTS:
+        return True
+    return kinds == _INT_RESULTS and -INT_LIMIT < min(results) and max(results) < INT_LIMIT
 
 
 def _unpack(data: Any) -> Any:
