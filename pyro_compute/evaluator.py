@@ -129,7 +129,8 @@ class Evaluator:
 
     def batch(self, task: str, args: Sequence[Sequence[Any]], kwargs: dict[str, Any] | None = None,
               seeds: Sequence[int] | None = None, code: bytes | None = None,
-              rows: bytes | None = None, run: str | None = None, output: bool = False) -> dict[str, Any]:
+              rows: bytes | None = None, run: str | None = None, output: bool = False,
+              flat: bool = False) -> dict[str, Any]:
         """Run ``task`` once per argument tuple; ``seeds[i]`` (if given) becomes keyword ``seed``.
 
         With ``code`` (a cloudpickled function, only where the worker allows it) that function
@@ -140,7 +141,8 @@ class Evaluator:
         Results are always plain data or numpy (a client never decodes pickle). Over marshal or
         our binary serializer, ``args`` may come packed as ``marshal.dumps(args)``, which skips
         the per-object pass on big batches. Arguments that are broadcast handles arrive as their
-        values (``binary`` resolves them from ``store``).
+        values (``binary`` resolves them from ``store``). With ``flat``, each entry of ``args`` is
+        its task's only argument (a map over one iterable sends no tuple per task).
 
         Returns:
             ``{"results": [...], "errors": [[index, module, type, args, traceback], ...],
@@ -166,10 +168,12 @@ class Evaluator:
             raise TypeError("kwargs must be a dict with string keys or None")
         if seeds is not None and (not isinstance(seeds, (list, tuple)) or len(seeds) != len(args)):
             raise TypeError("seeds must be None or a list with one seed per argument list")
+        if flat is not False and (flat is not True or rows is not None):
+            raise TypeError("flat must be True or False, and False when rows are sent")
         with self._activity.waiting(len(args)), self._run_lock, self._activity.busy(), \
                 taskctx.capture(output is True) as printed:
             started = time.perf_counter()
-            results, errors = _run_all(fn, args, kwargs or {}, seeds, _run_name(run))
+            results, errors = _run_all(fn, args, kwargs or {}, seeds, _run_name(run), flat)
             seconds = time.perf_counter() - started
         # Kernel methods record their own work; count only what they could not see.
         if ":" in task or code is not None:
@@ -256,7 +260,7 @@ class Evaluator:
         except Exception as e:  # the chunk's failure, reported through its future
             chunk.fail(e)
             return
-        results, errors = _run_all(fn, chunk.args, chunk.kwargs or {}, chunk.seeds, run)
+        results, errors = _run_all(fn, chunk.args, chunk.kwargs or {}, chunk.seeds, run, chunk.flat)
         if ":" in chunk.task or chunk.code is not None:
             self._record(len(chunk.args), 0, 0.0)
         chunk.resolve(results, errors)
@@ -269,17 +273,18 @@ class Evaluator:
 
 
 def _run_all(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any],
-             seeds: Sequence[int] | None, run: str = "") -> tuple[list[Any], list[list[Any]]]:
+             seeds: Sequence[int] | None, run: str = "", flat: bool = False) -> tuple[list[Any], list[list[Any]]]:
+    """Run ``fn`` once per argument tuple (per argument if ``flat``): results, and errors of failed tasks."""
     results: list[Any] = []
     errors: list[list[Any]] = []
     frame = taskctx.Frame(None, run)  # one per batch, reset per task: a frame per task cost 1 µs
     stack = taskctx.frames()
     stack.append(frame)
     try:
-        if seeds is None and set(map(type, args)) <= _ROW_TYPES:
-            _run_unseeded(functools.partial(fn, **kwargs) if kwargs else fn, args, results, errors)
+        if seeds is None and (flat or set(map(type, args)) <= _ROW_TYPES):
+            _run_unseeded(functools.partial(fn, **kwargs) if kwargs else fn, args, flat, results, errors)
         else:
-            _run_each(fn, args, kwargs, seeds, frame, results, errors)
+            _run_each(fn, list(zip(args)) if flat else args, kwargs, seeds, frame, results, errors)
     finally:
         stack.pop()
     return results, errors
@@ -288,16 +293,17 @@ def _run_all(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]
 _ROW_TYPES = frozenset({tuple, list})
 
 
-def _run_unseeded(fn: Callable[..., Any], args: Sequence[Any], results: list[Any],
+def _run_unseeded(fn: Callable[..., Any], args: Sequence[Any], flat: bool, results: list[Any],
                   errors: list[list[Any]]) -> None:
-    """Unseeded tasks at C speed (``starmap``); a failed task's slot gets None and the rest go on.
+    """Unseeded tasks at C speed (``map``/``starmap``); a failed task's slot gets None and the rest go on.
 
     Without a seed a task's frame never changes (``taskctx.next_seed`` counts calls only of
     seeded tasks), so one frame serves the batch without a reset per task.
     """
+    apply = map if flat else itertools.starmap
     while len(results) < len(args):
         try:  # list.extend keeps the results appended before a task raised
-            results.extend(itertools.starmap(fn, args[len(results):] if results else args))
+            results.extend(apply(fn, args[len(results):] if results else args))
         except Exception as e:  # a task's failure belongs to that task, never to the worker
             errors.append(error_entry(len(results), e))
             results.append(None)

@@ -272,9 +272,11 @@ class Pool(concurrent.futures.Executor):
         except TypeError:
             total = None
         task = self._task_of(fn)
+        flat = len(iterables) == 1  # one iterable: its items travel as they are, no 1-tuple per task
+        args = iter(iterables[0]) if flat else zip(*iterables)
         sched = self._scheduler
         sched.feeder_started()
-        feeder = Feeder(task, zip(*iterables), total=total,
+        feeder = Feeder(task, args, total=total, flat=flat,
                         size=lambda remaining: chunksize or sched.chunk_size(task[0], remaining),
                         submit=functools.partial(sched.enqueue_one, fed=True), done=sched.feeder_stopped,
                         seed=seed, key=key, ordered=ordered, in_flight=sched.in_flight_bound())
