@@ -44,10 +44,9 @@ def call(sched: Scheduler, d: Dispatcher, proxy: Pyro4.Proxy, chunk: Chunk,
             import cloudpickle  # only by-value pools need it
             reply = proxy.batch(chunk.task, [], chunk.kwargs, chunk.seeds, chunk.code,
                                 cloudpickle.dumps(chunk.rows()), **sched.options())
-        elif chunk.flat:
-            reply = proxy.batch(chunk.task, args, chunk.kwargs, chunk.seeds, chunk.code, flat=True, **sched.options())
-        else:
-            reply = proxy.batch(chunk.task, args, chunk.kwargs, chunk.seeds, chunk.code, **sched.options())
+        else:  # proxy.batch(...) without Pyro4's per-call method object (our proxies never retry)
+            reply = proxy._pyroInvoke("batch", (chunk.task, args, chunk.kwargs, chunk.seeds, chunk.code),
+                                      sched.flat_options() if chunk.flat else sched.options())
         if "packed" in reply:
             reply["results"] = plain(marshal.loads(reply["packed"]))
         elif "serpent" in reply:

@@ -86,14 +86,14 @@ class Chunk:
         A chunk may run on two workers (requeued from a hung one); the first outcome wins and
         a late duplicate is dropped.
         """
-        if self.future.done():
+        if self.single and not errors:
+            self._settle(self.future.set_result, results[0])  # a settled future refuses it
+        elif self.future.done():
             return
-        if not self.single:
+        elif not self.single:
             self._settle(self.future.set_result, (results, errors))
-        elif errors:
-            self._settle(self.future.set_exception, rebuild_error(errors[0]))
         else:
-            self._settle(self.future.set_result, results[0])
+            self._settle(self.future.set_exception, rebuild_error(errors[0]))
 
     def fail(self, exc: BaseException) -> None:
         """Fail the chunk's future unless another copy of the chunk settled it first."""

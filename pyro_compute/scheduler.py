@@ -71,6 +71,7 @@ class Scheduler:
         self.deferred: list[tuple[Chunk, BaseException]] = []
         self.inline = Inline(self)  # a lone caller sends its own call
         self._options: dict[str, Any] | None = None
+        self._flat_options: dict[str, Any] | None = None
 
     # -- work in ---------------------------------------------------------------------------
 
@@ -314,6 +315,12 @@ class Scheduler:
         if self._options is None:  # show_output is set once, right after the pool made us
             self._options = {"run": self.run_id, **({"output": True} if self.show_output else {})}
         return self._options
+
+    def flat_options(self) -> dict[str, Any]:
+        """``options`` of a flat chunk (its tasks' only arguments, not tuples)."""
+        if self._flat_options is None:
+            self._flat_options = {**self.options(), "flat": True}
+        return self._flat_options
 
     def set_shared(self, constants: dict[str, Any]) -> None:
         """Add constants for this pool's tasks; every worker gets them before its next chunk."""
