@@ -155,7 +155,11 @@ class Inline:
         sched.pending.popleft()
         if not sched.pending:
             self.held_since = None  # nothing left for the waker to wake anyone for
-        if not (future.running() or future.set_running_or_notify_cancel()):
+        try:
+            started = future.set_running_or_notify_cancel()
+        except RuntimeError:  # requeued from a lost worker: running already
+            started = future.running()
+        if not started:
             sched.check_over()
             return None  # cancelled meanwhile
         del sched.idle[d]

@@ -255,8 +255,12 @@ class Scheduler:
 
     def pipelinable(self, link: Link) -> bool:
         """Whether a call may ever queue behind ``link``'s calls (all measured short); caller holds the lock."""
-        return self.pipeline and all(c.expected is not None and c.expected < PIPELINE_SECONDS
-                                     for c in link.calls.values())
+        if not self.pipeline:
+            return False
+        for c in link.calls.values():  # a loop, not all(): once per call sent
+            if c.expected is None or c.expected >= PIPELINE_SECONDS:
+                return False
+        return True
 
     def rest(self, d: Dispatcher) -> None:
         """Let ``d`` wait: idle (offered work), or parked while its link runs a call nothing may queue behind.
