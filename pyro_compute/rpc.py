@@ -152,9 +152,9 @@ def _keyed(key: bytes) -> Any:
     """An HMAC-SHA1 state that has absorbed ``key``, or None where OpenSSL's HMAC is missing."""
     try:
         import _hashlib  # OpenSSL's HMAC: a keyed state copies in half the time keying anew takes
-    except ImportError:
+        return _hashlib.hmac_new(key, digestmod="sha1")
+    except (ImportError, AttributeError, ValueError):  # a Python without it: hmac.digest then
         return None
-    return _hashlib.hmac_new(key, digestmod="sha1")
 
 
 def _sha1_hmac(key: bytes, data: bytes) -> bytes:
