@@ -107,7 +107,8 @@ def _receive(conn: Any, key: bytes | None) -> tuple[int, int, int, dict[str, byt
     limit = Pyro4.config.MAX_MESSAGE_SIZE
     if 0 < limit < data_size + anns_size:
         conn.close()
-        raise Pyro4.errors.MessageTooLargeError(f"max message size exceeded ({data_size + anns_size} where max={limit})")
+        raise Pyro4.errors.MessageTooLargeError(
+            f"max message size exceeded ({data_size + anns_size} where max={limit})")
     if kind != message.MSG_RESULT:
         raise Pyro4.errors.ProtocolError(f"invalid msg type {kind} received")
     raw = conn.recv(anns_size) if anns_size else b""
