@@ -163,9 +163,10 @@ def _simple(obj: Any, depth: int = 0) -> bool:
     if depth > 3:
         return False
     if kind is list or kind is tuple:
-        return {type(x) for x in obj} <= _SIMPLE or all(_simple(x, depth + 1) for x in obj)
+        return set(map(type, obj)) <= _SIMPLE or all(_simple(x, depth + 1) for x in obj if type(x) not in _SIMPLE)
     if kind is dict:
-        return {type(k) for k in obj} <= _SIMPLE and all(_simple(v, depth + 1) for v in obj.values())
+        return set(map(type, obj)) <= _SIMPLE and (set(map(type, obj.values())) <= _SIMPLE or all(
+            _simple(v, depth + 1) for v in obj.values() if type(v) not in _SIMPLE))
     return False
 
 

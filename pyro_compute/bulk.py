@@ -35,6 +35,8 @@ import Pyro4
 import Pyro4.errors
 from Pyro4 import socketutil
 
+from . import rpc
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -56,6 +58,7 @@ SERIALIZER_ID = 0x7063  # pyro_compute's binary serializer (binary.py); Pyro4 us
 PART = 2 << 20  # bytes per part: small enough to pipeline MAC checks with the transfer
 HMAC_SHA1, POLY1305 = b"S", b"P"  # the MAC of the parts, named by the nonce's first byte
 BIG_MESSAGE = 1 << 20  # a message this big is received into one buffer
+READ_AHEAD = 1 << 16  # bytes a client's connection asks for at once
 MAX_BULK = 1 << 40  # bytes one message may announce; memory is only taken as bytes arrive
 _local = threading.local()
 sent_bytes = 0  # bytes this process sent through bulk connections (messages and frames); approximate
@@ -262,13 +265,36 @@ class BulkConnection(socketutil.SocketConnection):  # type: ignore[misc]
     """
 
     raw_ok = True  # may hand a big message out as a bytearray (only our serializer reads it)
+    # A client's connection carries one reply at a time: it may read ahead (a reply's header,
+    # annotations and data in one recv instead of three); the bytes read ahead wait in ``pending``
+    # for the next recv or the bulk frames. A server's select loop must see every request arrive.
+    read_ahead = True
+    pending = b""
 
     def recv(self, size: int) -> Any:
-        if size < BIG_MESSAGE:
+        if size >= BIG_MESSAGE:
+            buffer = bytearray(size)
+            _recv_into(self, memoryview(buffer))
+            return buffer if self.raw_ok else bytes(buffer)
+        if not self.read_ahead:
             return super().recv(size)
-        buffer = bytearray(size)
-        _recv_into(self, memoryview(buffer))
-        return buffer if self.raw_ok else bytes(buffer)
+        data = self.pending
+        while len(data) < size:
+            data += self._recv_some(max(READ_AHEAD, size - len(data)))
+        self.pending = data[size:]
+        return data[:size] if len(data) > size else data
+
+    def _recv_some(self, size: int) -> bytes:
+        """At most ``size`` bytes, at least one."""
+        try:
+            data: bytes = self.sock.recv(size)
+        except socket.timeout:
+            raise Pyro4.errors.TimeoutError("receiving: timeout") from None
+        except OSError as e:
+            raise Pyro4.errors.ConnectionClosedError(f"receiving: connection lost: {e}") from None
+        if not data:
+            raise Pyro4.errors.ConnectionClosedError("receiving: connection closed")
+        return data
 
     def send(self, data: bytes) -> None:
         global sent_bytes
@@ -314,6 +340,8 @@ class BulkProxy(Pyro4.Proxy):  # type: ignore[misc]
         before = getattr(_local, "channel", None)
         ch = open_channel(conn, self._pyroHmacKey, peer)
         try:
+            if rpc.covers(self, methodname, vargs, flags, objectId):
+                return rpc.invoke(self, methodname, vargs, kwargs)  # the same call in fewer steps
             return super()._pyroInvoke(methodname, vargs, kwargs, flags, objectId)
         finally:
             close_channel(before)

@@ -43,9 +43,10 @@ def call(sched: Scheduler, d: Dispatcher, proxy: Pyro4.Proxy, chunk: Chunk,
         if packed is None and sched.by_value and foreign(chunk.args):
             import cloudpickle  # only by-value pools need it
             reply = proxy.batch(chunk.task, [], chunk.kwargs, chunk.seeds, chunk.code,
-                                cloudpickle.dumps(chunk.args), **sched.options())
-        else:
-            reply = proxy.batch(chunk.task, args, chunk.kwargs, chunk.seeds, chunk.code, **sched.options())
+                                cloudpickle.dumps(chunk.rows()), **sched.options())
+        else:  # proxy.batch(...) without Pyro4's per-call method object (our proxies never retry)
+            reply = proxy._pyroInvoke("batch", (chunk.task, args, chunk.kwargs, chunk.seeds, chunk.code),
+                                      sched.flat_options() if chunk.flat else sched.options())
         if "packed" in reply:
             reply["results"] = plain(marshal.loads(reply["packed"]))
         elif "serpent" in reply:
@@ -112,7 +113,8 @@ def judge(sched: Scheduler, link: Link, call: Call, error: BaseException) -> str
 
 def _object_refused(chunk: Chunk, error: BaseException) -> BaseException:
     """A worker's refusal to rebuild an object among the arguments, as a TypeError saying what to do."""
-    obj = first_object(chunk.args)
+    rows = chunk.rows()
+    obj = first_object(rows)
     if obj is None or type(obj).__qualname__ not in str(error):
         return error
-    return TypeError(object_argument_refusal(chunk.args))
+    return TypeError(object_argument_refusal(rows))

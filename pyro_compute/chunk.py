@@ -63,17 +63,22 @@ class TaskFuture(concurrent.futures.Future[Any]):
 class Chunk:
     """Consecutive tasks that travel in one RMI call; ``future`` resolves once for all of them."""
 
-    __slots__ = ("task", "code", "args", "kwargs", "seeds", "future", "single", "tried", "hangups",
+    __slots__ = ("task", "code", "args", "kwargs", "seeds", "future", "single", "flat", "tried", "hangups",
                  "duplicated", "__weakref__")
 
-    def __init__(self, task: tuple[str, bytes | None], args: list[tuple[Any, ...]],
-                 kwargs: dict[str, Any] | None, seeds: list[int] | None, single: bool) -> None:
+    def __init__(self, task: tuple[str, bytes | None], args: list[Any],
+                 kwargs: dict[str, Any] | None, seeds: list[int] | None, single: bool, flat: bool = False) -> None:
         (self.task, self.code), self.args, self.kwargs, self.seeds = task, args, kwargs, seeds
+        self.flat = flat  # ``args`` holds each task's only argument (a map over one iterable), not tuples
         self.future: concurrent.futures.Future[Any] = TaskFuture()
         self.single = single
         self.tried: list[str] = []  # workers lost while running it
         self.hangups = 0  # times a worker that still answers closed the connection on it
         self.duplicated = False  # a copy was queued for another worker (the first result wins)
+
+    def rows(self) -> list[tuple[Any, ...]]:
+        """The tasks' argument tuples (built for a ``flat`` chunk)."""
+        return list(zip(self.args)) if self.flat else self.args
 
     def resolve(self, results: list[Any], errors: list[list[Any]]) -> None:
         """Fill the future: a single task's value or exception, else ``(results, errors)``.
@@ -81,14 +86,14 @@ class Chunk:
         A chunk may run on two workers (requeued from a hung one); the first outcome wins and
         a late duplicate is dropped.
         """
-        if self.future.done():
+        if self.single and not errors:
+            self._settle(self.future.set_result, results[0])  # a settled future refuses it
+        elif self.future.done():
             return
-        if not self.single:
+        elif not self.single:
             self._settle(self.future.set_result, (results, errors))
-        elif errors:
-            self._settle(self.future.set_exception, rebuild_error(errors[0]))
         else:
-            self._settle(self.future.set_result, results[0])
+            self._settle(self.future.set_exception, rebuild_error(errors[0]))
 
     def fail(self, exc: BaseException) -> None:
         """Fail the chunk's future unless another copy of the chunk settled it first."""
@@ -134,12 +139,16 @@ def items(results: list[Any], errors: list[list[Any]]) -> Iterator[Any]:
     """Yield a chunk's results in order, raising the first task error where it stands.
 
     Each result leaves the list as it is yielded, so that the caller holds the only reference
-    to it (as with ``Executor.map``).
+    to it (as with ``Executor.map``). Without errors, an iterator running at C speed.
     """
     results.reverse()
-    if not errors:  # popped at C speed
-        yield from map(results.pop, itertools.repeat(-1, len(results)))
-        return
+    if not errors:
+        return map(results.pop, itertools.repeat(-1, len(results)))
+    return _with_errors(results, errors)
+
+
+def _with_errors(results: list[Any], errors: list[list[Any]]) -> Iterator[Any]:
+    """``items`` of a chunk with failed tasks (``results`` reversed)."""
     failed = {e[0]: e for e in errors}
     for i in range(len(results)):
         if i in failed:

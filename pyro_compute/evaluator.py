@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import itertools
 import marshal
 import os
 import platform
@@ -20,7 +21,7 @@ from . import binary, kernels, store, taskctx
 from .activity import Activity
 from .errors import KernelError
 from .references import Resolver
-from .replies import error_entry, fail_unsendable, marshal_plain, pack, short_repr
+from .replies import INT_DIGITS, error_entry, fail_unsendable, marshal_plain, pack, short_repr
 from .serializers import plain
 from .wire import sent_bytes, to_serpent
 
@@ -28,6 +29,7 @@ MAX_SAMPLES = 1 << 40
 MAX_DIMS = 64
 MAX_BATCH = 1_000_000
 KERNELS = ("pi_hits", "integrate")
+INT_LIMIT = 10**INT_DIGITS  # ints the replies carry (``replies.marshal_plain``)
 MARSHAL_ID = Pyro4.util.MarshalSerializer.serializer_id
 PACKING_IDS = (MARSHAL_ID, binary.SERIALIZER_ID)  # serializers that carry marshal-packed args and results
 
@@ -127,7 +129,8 @@ class Evaluator:
 
     def batch(self, task: str, args: Sequence[Sequence[Any]], kwargs: dict[str, Any] | None = None,
               seeds: Sequence[int] | None = None, code: bytes | None = None,
-              rows: bytes | None = None, run: str | None = None, output: bool = False) -> dict[str, Any]:
+              rows: bytes | None = None, run: str | None = None, output: bool = False,
+              flat: bool = False) -> dict[str, Any]:
         """Run ``task`` once per argument tuple; ``seeds[i]`` (if given) becomes keyword ``seed``.
 
         With ``code`` (a cloudpickled function, only where the worker allows it) that function
@@ -138,7 +141,8 @@ class Evaluator:
         Results are always plain data or numpy (a client never decodes pickle). Over marshal or
         our binary serializer, ``args`` may come packed as ``marshal.dumps(args)``, which skips
         the per-object pass on big batches. Arguments that are broadcast handles arrive as their
-        values (``binary`` resolves them from ``store``).
+        values (``binary`` resolves them from ``store``). With ``flat``, each entry of ``args`` is
+        its task's only argument (a map over one iterable sends no tuple per task).
 
         Returns:
             ``{"results": [...], "errors": [[index, module, type, args, traceback], ...],
@@ -164,10 +168,12 @@ class Evaluator:
             raise TypeError("kwargs must be a dict with string keys or None")
         if seeds is not None and (not isinstance(seeds, (list, tuple)) or len(seeds) != len(args)):
             raise TypeError("seeds must be None or a list with one seed per argument list")
+        if flat is not False and (flat is not True or rows is not None):
+            raise TypeError("flat must be True or False, and False when rows are sent")
         with self._activity.waiting(len(args)), self._run_lock, self._activity.busy(), \
                 taskctx.capture(output is True) as printed:
             started = time.perf_counter()
-            results, errors = _run_all(fn, args, kwargs or {}, seeds, _run_name(run))
+            results, errors = _run_all(fn, args, kwargs or {}, seeds, _run_name(run), flat)
             seconds = time.perf_counter() - started
         # Kernel methods record their own work; count only what they could not see.
         if ":" in task or code is not None:
@@ -254,7 +260,7 @@ class Evaluator:
         except Exception as e:  # the chunk's failure, reported through its future
             chunk.fail(e)
             return
-        results, errors = _run_all(fn, chunk.args, chunk.kwargs or {}, chunk.seeds, run)
+        results, errors = _run_all(fn, chunk.args, chunk.kwargs or {}, chunk.seeds, run, chunk.flat)
         if ":" in chunk.task or chunk.code is not None:
             self._record(len(chunk.args), 0, 0.0)
         chunk.resolve(results, errors)
@@ -267,29 +273,58 @@ class Evaluator:
 
 
 def _run_all(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any],
-             seeds: Sequence[int] | None, run: str = "") -> tuple[list[Any], list[list[Any]]]:
+             seeds: Sequence[int] | None, run: str = "", flat: bool = False) -> tuple[list[Any], list[list[Any]]]:
+    """Run ``fn`` once per argument tuple (per argument if ``flat``): results, and errors of failed tasks."""
     results: list[Any] = []
     errors: list[list[Any]] = []
     frame = taskctx.Frame(None, run)  # one per batch, reset per task: a frame per task cost 1 µs
     stack = taskctx.frames()
     stack.append(frame)
     try:
-        for i, item in enumerate(args):
-            frame.calls = 0
-            try:
-                if type(item) is not tuple and type(item) is not list and not isinstance(item, (list, tuple)):
-                    raise TypeError(f"argument list {i} must be a list or tuple, not {type(item).__name__}")
-                if seeds is None:
-                    results.append(fn(*item, **kwargs))
-                else:
-                    frame.seed = int(seeds[i])
-                    results.append(fn(*item, seed=seeds[i], **kwargs))
-            except Exception as e:  # a task's failure belongs to that task, never to the worker
-                results.append(None)
-                errors.append(error_entry(i, e))
+        if seeds is None and (flat or set(map(type, args)) <= _ROW_TYPES):
+            _run_unseeded(functools.partial(fn, **kwargs) if kwargs else fn, args, flat, results, errors)
+        else:
+            _run_each(fn, list(zip(args)) if flat else args, kwargs, seeds, frame, results, errors)
     finally:
         stack.pop()
     return results, errors
+
+
+_ROW_TYPES = frozenset({tuple, list})
+
+
+def _run_unseeded(fn: Callable[..., Any], args: Sequence[Any], flat: bool, results: list[Any],
+                  errors: list[list[Any]]) -> None:
+    """Unseeded tasks at C speed (``map``/``starmap``); a failed task's slot gets None and the rest go on.
+
+    Without a seed a task's frame never changes (``taskctx.next_seed`` counts calls only of
+    seeded tasks), so one frame serves the batch without a reset per task.
+    """
+    apply = map if flat else itertools.starmap
+    while len(results) < len(args):
+        try:  # list.extend keeps the results appended before a task raised
+            results.extend(apply(fn, args[len(results):] if results else args))
+        except Exception as e:  # a task's failure belongs to that task, never to the worker
+            errors.append(error_entry(len(results), e))
+            results.append(None)
+
+
+def _run_each(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any], seeds: Sequence[int] | None,
+              frame: taskctx.Frame, results: list[Any], errors: list[list[Any]]) -> None:
+    """Tasks one by one: seeded (each its own frame seed and count), or rows to check one by one."""
+    for i, item in enumerate(args):
+        frame.calls = 0
+        try:
+            if type(item) is not tuple and type(item) is not list and not isinstance(item, (list, tuple)):
+                raise TypeError(f"argument list {i} must be a list or tuple, not {type(item).__name__}")
+            if seeds is None:
+                results.append(fn(*item, **kwargs))
+            else:
+                frame.seed = int(seeds[i])
+                results.append(fn(*item, seed=seeds[i], **kwargs))
+        except Exception as e:  # a task's failure belongs to that task, never to the worker
+            results.append(None)
+            errors.append(error_entry(i, e))
 
 
 def _run_name(run: Any) -> str:
@@ -316,6 +351,8 @@ def _reply(results: list[Any], errors: list[list[Any]], seconds: float, serializ
     Over our binary serializer, results that marshal cannot carry (numpy) go as they are.
     """
     over_marshal = serializer_id == MARSHAL_ID
+    if serializer_id in PACKING_IDS and _flat_plain(results):  # the common case, in one pass at C speed
+        return {"packed": marshal.dumps(results), "errors": errors, "seconds": seconds}
     if serializer_id == binary.SERIALIZER_ID:
         if marshal_plain(results):
             return {"packed": pack(results), "errors": errors, "seconds": seconds}
@@ -330,6 +367,18 @@ def _reply(results: list[Any], errors: list[list[Any]], seconds: float, serializ
     if over_marshal:
         return {"serpent": to_serpent(results), "errors": errors, "seconds": seconds}
     return {"results": results, "errors": errors, "seconds": seconds}
+
+
+_FLAT_RESULTS = frozenset({type(None), bool, float, str})
+_INT_RESULTS = frozenset({int})
+
+
+def _flat_plain(results: list[Any]) -> bool:
+    """True for results of flat scalars that ``marshal_plain`` passes and ``pack`` writes as ``marshal.dumps``."""
+    kinds = set(map(type, results))
+    if kinds <= _FLAT_RESULTS:
+        return True
+    return kinds == _INT_RESULTS and -INT_LIMIT < min(results) and max(results) < INT_LIMIT
 
 
 def _unpack(data: Any) -> Any:

@@ -15,10 +15,10 @@ from .chunk import Chunk, child_seeds
 class Feeder(threading.Thread):
     """Reads one map call's input lazily into chunks, keeping a bounded number in flight."""
 
-    def __init__(self, task: tuple[str, bytes | None], args: Iterator[tuple[Any, ...]], *,
+    def __init__(self, task: tuple[str, bytes | None], args: Iterator[Any], *,
                  total: int | None, size: Callable[[int | None], int], submit: Callable[[Chunk], None],
                  done: Callable[[], None], in_flight: int, seed: int | None, key: tuple[int, ...],
-                 ordered: bool) -> None:
+                 ordered: bool, flat: bool = False) -> None:
         """Args:
             task: the chunks' task reference and by-value code.
             args: argument tuples, read lazily.
@@ -29,11 +29,12 @@ class Feeder(threading.Thread):
             in_flight: most chunks submitted but not yet consumed.
             seed, key: task i gets child ``(*key, i)`` of ``SeedSequence(seed)``; no seeds if None.
             ordered: yield chunks in input order (else in completion order).
+            flat: ``args`` yields each task's only argument, not tuples (no tuple per task).
         """
         super().__init__(name=f"pool-feeder-{task[0]}", daemon=True)
         self.task, self.args, self.total, self.size, self.submit = task, args, total, size, submit
         self.on_done = done
-        self.seed, self.key, self.ordered = seed, key, ordered
+        self.seed, self.key, self.ordered, self.flat = seed, key, ordered, flat
         self.slots = threading.Semaphore(in_flight)
         self.out: queue.SimpleQueue[Chunk | None] = queue.SimpleQueue()
         self.live: set[Chunk] = set()  # submitted, not yet consumed: what stop() cancels
@@ -56,7 +57,7 @@ class Feeder(threading.Thread):
                 self.slots.acquire()
                 if self.stopped:
                     break
-                self._put(Chunk(self.task, args, None, seeds, single=False))
+                self._put(Chunk(self.task, args, None, seeds, single=False, flat=self.flat))
         except BaseException as e:  # seeds or submission failed: report it in order
             self.error = e
         finally:
@@ -64,9 +65,9 @@ class Feeder(threading.Thread):
             self.out.put(None)
             self.on_done()
 
-    def _take(self, n: int) -> list[tuple[Any, ...]]:
+    def _take(self, n: int) -> list[Any]:
         """Up to ``n`` argument tuples; if the input raises, the ones read before it and the error."""
-        args: list[tuple[Any, ...]] = []
+        args: list[Any] = []
         try:
             args.extend(itertools.islice(self.args, n))  # keeps what it read if the input raises
         except BaseException as e:  # the caller's iterable raised: results before it still count

@@ -28,6 +28,7 @@ import logging
 import sys
 import threading
 import time
+import types
 import weakref
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
@@ -47,6 +48,7 @@ from .scheduler import Scheduler
 from .wire import foreign, register_wire
 
 T = TypeVar("T")
+REFS_KEPT = 256  # top-level functions whose references a pool remembers
 log = logging.getLogger(__name__)
 
 
@@ -87,6 +89,9 @@ class Pool(concurrent.futures.Executor):
         # Weak keys: a lambda sent by value is forgotten with the caller's last reference to it.
         self._code: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
         self._calls = itertools.count()
+        # Top-level functions sent by reference, with their module's namespace: checked there on
+        # each submit (one lookup) instead of walking the module again.
+        self._refs: dict[Callable[..., Any], tuple[tuple[str, bytes | None], dict[str, Any]]] = {}
         self._broadcasts: weakref.WeakSet[Broadcast] = weakref.WeakSet()  # released at shutdown
         self._scheduler = Scheduler(self.settings)
         self._scheduler.by_value = by_value
@@ -242,6 +247,19 @@ class Pool(concurrent.futures.Executor):
 
     def _task_of(self, fn: Callable[..., Any] | str) -> tuple[str, bytes | None]:
         """How ``fn`` travels: a reference, or (by_value pools) cloudpickled bytes."""
+        known = self._refs.get(fn) if type(fn) is types.FunctionType else None
+        if known is not None and known[1].get(fn.__name__) is fn:  # type: ignore[union-attr]
+            return known[0]  # still what its module's top-level name is bound to
+        task = self._find_task(fn)
+        if type(fn) is types.FunctionType and fn.__qualname__ == fn.__name__ and task[1] is None \
+                and fn.__module__ not in (SCRIPT_MODULE, "__main__") and fn.__module__ in sys.modules:
+            if len(self._refs) >= REFS_KEPT:
+                self._refs.clear()
+            self._refs[fn] = (task, vars(sys.modules[fn.__module__]))
+        return task
+
+    def _find_task(self, fn: Callable[..., Any] | str) -> tuple[str, bytes | None]:
+        """``_task_of`` without the cache."""
         ref = _script_reference(fn)
         if ref is not None:
             return ref, None
@@ -272,9 +290,11 @@ class Pool(concurrent.futures.Executor):
         except TypeError:
             total = None
         task = self._task_of(fn)
+        flat = len(iterables) == 1  # one iterable: its items travel as they are, no 1-tuple per task
+        args = iter(iterables[0]) if flat else zip(*iterables)
         sched = self._scheduler
         sched.feeder_started()
-        feeder = Feeder(task, zip(*iterables), total=total,
+        feeder = Feeder(task, args, total=total, flat=flat,
                         size=lambda remaining: chunksize or sched.chunk_size(task[0], remaining),
                         submit=functools.partial(sched.enqueue_one, fed=True), done=sched.feeder_stopped,
                         seed=seed, key=key, ordered=ordered, in_flight=sched.in_flight_bound())

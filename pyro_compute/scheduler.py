@@ -71,6 +71,7 @@ class Scheduler:
         self.deferred: list[tuple[Chunk, BaseException]] = []
         self.inline = Inline(self)  # a lone caller sends its own call
         self._options: dict[str, Any] | None = None
+        self._flat_options: dict[str, Any] | None = None
 
     # -- work in ---------------------------------------------------------------------------
 
@@ -254,8 +255,12 @@ class Scheduler:
 
     def pipelinable(self, link: Link) -> bool:
         """Whether a call may ever queue behind ``link``'s calls (all measured short); caller holds the lock."""
-        return self.pipeline and all(c.expected is not None and c.expected < PIPELINE_SECONDS
-                                     for c in link.calls.values())
+        if not self.pipeline:
+            return False
+        for c in link.calls.values():  # a loop, not all(): once per call sent
+            if c.expected is None or c.expected >= PIPELINE_SECONDS:
+                return False
+        return True
 
     def rest(self, d: Dispatcher) -> None:
         """Let ``d`` wait: idle (offered work), or parked while its link runs a call nothing may queue behind.
@@ -314,6 +319,12 @@ class Scheduler:
         if self._options is None:  # show_output is set once, right after the pool made us
             self._options = {"run": self.run_id, **({"output": True} if self.show_output else {})}
         return self._options
+
+    def flat_options(self) -> dict[str, Any]:
+        """``options`` of a flat chunk (its tasks' only arguments, not tuples)."""
+        if self._flat_options is None:
+            self._flat_options = {**self.options(), "flat": True}
+        return self._flat_options
 
     def set_shared(self, constants: dict[str, Any]) -> None:
         """Add constants for this pool's tasks; every worker gets them before its next chunk."""

@@ -22,7 +22,10 @@ def packing(chunk: Chunk) -> str | None:
     """
     if chunk.kwargs is not None and not (is_plain(chunk.kwargs) or marshal_plain([chunk.kwargs])):
         return None
-    if set(map(type, itertools.chain.from_iterable(chunk.args))) <= SCALARS or plain_rows(chunk.args):
+    if chunk.flat:
+        if set(map(type, chunk.args)) <= SCALARS or is_plain(chunk.args):
+            return "plain"
+    elif set(map(type, itertools.chain.from_iterable(chunk.args))) <= SCALARS or plain_rows(chunk.args):
         return "plain"
     return "sets" if marshal_plain(chunk.args) else None
 

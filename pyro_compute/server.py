@@ -65,6 +65,7 @@ class _Connection(BulkConnection):
         super().__init__(sock)
         self.pending = pending
         self.raw_ok = False  # a handshake is read as bytes
+        self.read_ahead = False  # the select loop must see the next request arrive
 
     def recv(self, size: int) -> Any:
         head, self.pending = self.pending[:size], self.pending[size:]

@@ -449,3 +449,36 @@ def test_resolver_builds_partials_from_literal_options() -> None:
                 "remote_tasks:keywords {'args': ['" + "x" * 70_000 + "'], 'kwargs': {}}"):
         with pytest.raises(KernelError):
             r.resolve(bad)
+
+
+# -- issue 12 item 6: unseeded batches run at C speed, flat batches send no tuple per task ---------
+
+def test_an_unseeded_batch_goes_on_after_a_failed_task_and_keeps_every_slot(ev: Evaluator) -> None:
+    out = ev.batch("pyro_compute.tasks:increment", [[1], ["x"], (3,), ["y"], [5]])
+    results, errors = outcome(out)
+    assert results == [2, None, 4, None, 6]
+    assert [(e[0], e[2]) for e in errors] == [(1, "TypeError"), (3, "TypeError")]
+    assert "increment" in errors[0][4]  # the remote traceback reaches the task's own frame
+
+
+def test_an_unseeded_batch_passes_keywords_and_takes_tuple_subclasses_one_by_one(ev: Evaluator) -> None:
+    import collections
+    pair = collections.namedtuple("pair", "a b")
+    out = ev.batch("remote_tasks:keywords", [[1], pair(2, 3), (4, 5)], {"c": 9})
+    assert outcome(out) == ([[1, 0, 9], [2, 3, 9], [4, 5, 9]], [])
+
+
+def test_a_flat_batch_passes_each_entry_as_the_only_argument(ev: Evaluator) -> None:
+    out = ev.batch("remote_tasks:identity", [(1, 2), [3], "s", None], flat=True)
+    assert outcome(out) == ([(1, 2), [3], "s", None], [])
+    out = ev.batch("pyro_compute.tasks:increment", [1, "x", 3], flat=True)
+    results, errors = outcome(out)
+    assert results == [2, None, 4] and [e[0] for e in errors] == [1]
+    seeded = ev.batch("remote_tasks:call_args", [1, 2], seeds=[10, 11], flat=True)
+    assert outcome(seeded) == ([[[1], {"seed": 10}], [[2], {"seed": 11}]], [])
+
+
+@pytest.mark.parametrize("flat", ["yes", 1, None])
+def test_flat_must_be_a_bool(ev: Evaluator, flat: Any) -> None:
+    with pytest.raises(TypeError, match="flat must be True or False"):
+        ev.batch("remote_tasks:identity", [1], flat=flat)

@@ -198,3 +198,36 @@ def test_a_result_the_wire_cannot_carry_fails_only_its_task(pool: Pool) -> None:
     with pytest.raises(TypeError, match="cannot be sent back: dict key None"):
         next(results)
     assert list(pool.map(dict, [pairs[2]], timeout=T)) == [{"ok": 3}]
+
+
+# -- issue 12 items 4 and 6: flat chunks, remembered references ----------------------------------
+
+def test_a_map_over_one_iterable_passes_each_item_whole(pool: Pool) -> None:
+    items = [(1, 2), [3], "s", None, {"k": (4,)}, np.int64(5), np.arange(3)]
+    got = list(pool.map(remote_tasks.identity, items, timeout=T))
+    assert got[:5] == items[:5] and type(got[0]) is tuple
+    assert got[5] == 5 and type(got[5]) is np.int64 and got[6].tolist() == [0, 1, 2]
+    tiny = list(pool.map(remote_tasks.square, range(5000), chunksize=700, timeout=T))
+    assert tiny == [i * i for i in range(5000)]
+    seeded = [kw["seed"] for _, kw in pool.map(remote_tasks.call_args, range(4), seed=3, timeout=T)]
+    again = [kw["seed"] for _, kw in pool.map(remote_tasks.call_args, [9, 8, 7, 6], seed=3, timeout=T)]
+    assert seeded == again and len(set(seeded)) == 4  # seeds follow the task index, not the item
+
+
+def test_a_flat_map_raises_the_failed_item_where_it_stands(pool: Pool) -> None:
+    results = pool.map(remote_tasks.square, [1, 2, "x", 4], chunksize=4, timeout=T)
+    assert next(results) == 1 and next(results) == 4
+    with pytest.raises(TypeError):
+        next(results)
+
+
+def test_a_function_rebound_in_its_module_is_refused_after_being_sent(pool: Pool) -> None:
+    original = remote_tasks.square
+    assert pool.submit(original, 3).result(timeout=T) == 9  # its reference is remembered now
+    remote_tasks.square = remote_tasks.identity  # type: ignore[assignment]
+    try:
+        with pytest.raises(TypeError, match="names another object"):
+            pool.submit(original, 3)
+    finally:
+        remote_tasks.square = original
+    assert pool.submit(original, 4).result(timeout=T) == 16
