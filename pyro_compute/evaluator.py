@@ -20,7 +20,7 @@ from . import binary, kernels, store, taskctx
 from .activity import Activity
 from .errors import KernelError
 from .references import Resolver
-from .replies import error_entry, fail_unsendable, marshal_plain, pack, short_repr
+from .replies import error_entry, fail_unsendable, pack_plain, short_repr
 from .serializers import plain
 from .wire import sent_bytes, to_serpent
 
@@ -317,15 +317,18 @@ def _reply(results: list[Any], errors: list[list[Any]], seconds: float, serializ
     """
     over_marshal = serializer_id == MARSHAL_ID
     if serializer_id == binary.SERIALIZER_ID:
-        if marshal_plain(results):
-            return {"packed": pack(results), "errors": errors, "seconds": seconds}
+        packed = pack_plain(results)
+        if packed is not None:
+            return {"packed": packed, "errors": errors, "seconds": seconds}
         fail_unsendable(results, errors, serpent=False)
         return {"results": results, "errors": errors, "seconds": seconds}
     if over_marshal:
-        if not marshal_plain(results):  # one pass in the common case; a second only to find what fails
+        packed = pack_plain(results)
+        if packed is None:  # one pass in the common case; more only to find what fails
             fail_unsendable(results, errors, serpent=False)
-        if marshal_plain(results):
-            return {"packed": pack(results), "errors": errors, "seconds": seconds}
+            packed = pack_plain(results)
+        if packed is not None:
+            return {"packed": packed, "errors": errors, "seconds": seconds}
     fail_unsendable(results, errors, serpent=True)
     if over_marshal:
         return {"serpent": to_serpent(results), "errors": errors, "seconds": seconds}
