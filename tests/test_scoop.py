@@ -298,3 +298,29 @@ def test_map_as_completed_and_map_reduce_inside_tasks_do_not_deadlock(tmp_path: 
     script.write_text(NESTED_COMPLETION)
     expected = [(s, s) for s in (sum(i * i for i in range(n)) for n in (20, 30, 40, 50))]
     assert launch(script, timeout=120).strip() == repr(expected)
+
+
+COMPLETION_ORDER = '''
+import time
+from pyro_compute import futures
+
+
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def parent():
+    return list(futures.map_as_completed(nap, [1.0, 0.0, 0.0], chunksize=1))
+
+
+if __name__ == "__main__":
+    print(futures.submit(parent).result())
+'''
+
+
+def test_map_as_completed_inside_a_task_yields_in_completion_order(tmp_path: Path) -> None:
+    """The slow first child comes last, as at top level (it came first when a task waited in input order)."""
+    script = tmp_path / "completion_order.py"
+    script.write_text(COMPLETION_ORDER)
+    assert launch(script, timeout=120).strip() == repr([0.0, 0.0, 1.0])
