@@ -1,6 +1,8 @@
 """SCOOP parity (issue 14): SCOOP-style scripts run through ``python -m pyro_compute -n 2``."""
 from __future__ import annotations
 
+import ast
+
 import os
 import time
 import subprocess
@@ -324,3 +326,37 @@ def test_map_as_completed_inside_a_task_yields_in_completion_order(tmp_path: Pat
     script = tmp_path / "completion_order.py"
     script.write_text(COMPLETION_ORDER)
     assert launch(script, timeout=120).strip() == repr([0.0, 0.0, 1.0])
+
+
+CONST_IN_TASK = '''
+import time
+from pyro_compute import futures, shared
+
+
+def offset():
+    time.sleep(0.05)
+    return futures.worker(), shared.getConst("offset", timeout=10)
+
+
+def parent():
+    shared.setConst(offset=7)
+    try:
+        shared.setConst(offset=8)
+    except TypeError as e:
+        again = "set already" in str(e)
+    seen = [f.result() for f in [futures.submit(offset) for _ in range(40)]]
+    return again, sorted({v for _, v in seen}), len({w for w, _ in seen})
+
+
+if __name__ == "__main__":
+    print(futures.submit(parent).result())
+'''
+
+
+def test_set_const_inside_a_task_reaches_its_children_on_every_worker(tmp_path: Path) -> None:
+    """SCOOP's shareConstant run as a task: set once, read by the task's children wherever they run."""
+    script = tmp_path / "const_in_task.py"
+    script.write_text(CONST_IN_TASK)
+    again, values, workers = ast.literal_eval(launch(script, timeout=120).strip())
+    assert again and values == [7]
+    assert workers == 2, "the children all ran on one worker, so the other worker's copy went untested"
