@@ -16,7 +16,7 @@ import numpy as np
 import Pyro4
 import Pyro4.errors
 
-from . import binary, kernels, store, taskctx
+from . import binary, kernels, objects, store, taskctx
 from .activity import Activity
 from .errors import KernelError
 from .references import Resolver
@@ -314,25 +314,31 @@ def _reply(results: list[Any], errors: list[list[Any]], seconds: float, serializ
     """The batch reply; results the wire cannot carry become their tasks' errors first.
 
     Over our binary serializer, results that marshal cannot carry (numpy) go as they are.
+    Objects of the script's classes go as their state (``objects``), and the reply says so.
     """
+    reply: dict[str, Any] = {"errors": errors, "seconds": seconds}
     over_marshal = serializer_id == MARSHAL_ID
-    if serializer_id == binary.SERIALIZER_ID:
-        packed = pack_plain(results)
-        if packed is not None:
-            return {"packed": packed, "errors": errors, "seconds": seconds}
+    packing = over_marshal or serializer_id == binary.SERIALIZER_ID
+    packed = pack_plain(results) if packing else None
+    if packed is None:  # one pass in the common case; more only for objects or to find what fails
+        results, converted = objects.as_state(results)
+        if converted:
+            reply["objects"] = True
+            packed = pack_plain(results) if packing else None
+    if packed is None and packing:
         fail_unsendable(results, errors, serpent=False)
-        return {"results": results, "errors": errors, "seconds": seconds}
-    if over_marshal:
-        packed = pack_plain(results)
-        if packed is None:  # one pass in the common case; more only to find what fails
-            fail_unsendable(results, errors, serpent=False)
-            packed = pack_plain(results)
-        if packed is not None:
-            return {"packed": packed, "errors": errors, "seconds": seconds}
-    fail_unsendable(results, errors, serpent=True)
-    if over_marshal:
-        return {"serpent": to_serpent(results), "errors": errors, "seconds": seconds}
-    return {"results": results, "errors": errors, "seconds": seconds}
+        packed = pack_plain(results) if over_marshal else None
+    if packed is not None:
+        reply["packed"] = packed
+    elif serializer_id == binary.SERIALIZER_ID:
+        reply["results"] = results
+    else:
+        fail_unsendable(results, errors, serpent=True)
+        if over_marshal:
+            reply["serpent"] = to_serpent(results)
+        else:
+            reply["results"] = results
+    return reply
 
 
 def _unpack(data: Any) -> Any:
