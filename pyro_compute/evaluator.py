@@ -16,7 +16,7 @@ import numpy as np
 import Pyro4
 import Pyro4.errors
 
-from . import binary, kernels, objects, store, taskctx
+from . import binary, broadcast, kernels, objects, store, taskctx
 from .activity import Activity
 from .errors import KernelError
 from .references import Resolver
@@ -251,10 +251,11 @@ class Evaluator:
         """Run a chunk of a pool made in this process here, as part of the task that waits."""
         try:
             fn = self._function(chunk.task, chunk.code)
+            args, kwargs = broadcast.values_of(chunk.args), broadcast.values_of(chunk.kwargs or {})
         except Exception as e:  # the chunk's failure, reported through its future
             chunk.fail(e)
             return
-        results, errors = _run_all(fn, chunk.args, chunk.kwargs or {}, chunk.seeds, run)
+        results, errors = _run_all(fn, args, kwargs, chunk.seeds, run)
         if ":" in chunk.task or chunk.code is not None:
             self._record(len(chunk.args), 0, 0.0)
         chunk.resolve(results, errors)

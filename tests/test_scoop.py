@@ -380,3 +380,30 @@ def test_set_const_inside_a_task_reaches_its_children_on_every_worker(tmp_path: 
     again, values, workers = ast.literal_eval(launch(script, timeout=120).strip())
     assert again and values == [7]
     assert workers == 2, "the children all ran on one worker, so the other worker's copy went untested"
+
+
+BROADCAST_IN_TASK = '''
+from pyro_compute import futures
+
+
+def total(values, extra=()):
+    return sum(values) + sum(extra)
+
+
+def parent():
+    pool = futures.default_pool()
+    with pool.broadcast(list(range(100))) as h:
+        return [futures.submit(total, h, extra=h).result() for _ in range(3)], \
+            [f.result() for f in [futures.submit(total, h) for _ in range(6)]]
+
+
+if __name__ == "__main__":
+    print(futures.submit(parent).result())
+'''
+
+
+def test_a_broadcast_made_inside_a_task_reaches_children_run_by_the_waiting_task(tmp_path: Path) -> None:
+    """A child run by its waiting parent (no wire in between) gets the handle's value, as one sent to a worker does."""
+    script = tmp_path / "broadcast_in_task.py"
+    script.write_text(BROADCAST_IN_TASK)
+    assert launch(script, timeout=120).strip() == repr(([9900] * 3, [4950] * 6))
