@@ -105,3 +105,19 @@ class Broadcast:
 
     def __reduce__(self) -> Any:
         raise TypeError("a broadcast handle travels only as a task argument of the pool that made it")
+
+
+def values_of(value: Any, depth: int = 0) -> Any:
+    """``value`` with every handle in it (in lists, tuples and dict values) replaced by its value.
+
+    For a chunk run in the process whose pool made its handles: no wire resolves them there.
+    """
+    kind = type(value)
+    if kind is Broadcast:
+        return value.value()
+    if depth > 32 or kind not in (list, tuple, dict):
+        return value
+    if kind is dict:
+        return {k: values_of(v, depth + 1) for k, v in value.items()}
+    items = [values_of(v, depth + 1) for v in value]
+    return items if kind is list else tuple(items)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, cast
 import Pyro4
 import Pyro4.errors
 
+from . import objects
 from .chunk import Chunk, with_remote_cause
 from .dashboard_state import RunReporter
 from .links import ANSWERS, Call, Dispatcher, Link, connect, new_proxy, probe
@@ -51,6 +52,8 @@ def call(sched: Scheduler, d: Dispatcher, proxy: Pyro4.Proxy, chunk: Chunk,
             reply["results"] = plain(marshal.loads(reply["packed"]))
         elif "serpent" in reply:
             reply["results"] = from_serpent(reply["serpent"])
+        if reply.get("objects"):
+            reply["results"] = objects.rebuild(reply["results"])
     except (Pyro4.errors.SerializeError, Pyro4.errors.MessageTooLargeError) as e:
         chunk.fail(_object_refused(chunk, e))
     except Pyro4.errors.CommunicationError as e:

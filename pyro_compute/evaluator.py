@@ -17,11 +17,11 @@ import numpy as np
 import Pyro4
 import Pyro4.errors
 
-from . import binary, kernels, store, taskctx
+from . import binary, broadcast, kernels, objects, store, taskctx
 from .activity import Activity
 from .errors import KernelError
 from .references import Resolver
-from .replies import INT_DIGITS, error_entry, fail_unsendable, marshal_plain, pack, short_repr
+from .replies import error_entry, fail_unsendable, pack_plain, short_repr
 from .serializers import plain
 from .wire import sent_bytes, to_serpent
 
@@ -29,7 +29,6 @@ MAX_SAMPLES = 1 << 40
 MAX_DIMS = 64
 MAX_BATCH = 1_000_000
 KERNELS = ("pi_hits", "integrate")
-INT_LIMIT = 10**INT_DIGITS  # ints the replies carry (``replies.marshal_plain``)
 MARSHAL_ID = Pyro4.util.MarshalSerializer.serializer_id
 PACKING_IDS = (MARSHAL_ID, binary.SERIALIZER_ID)  # serializers that carry marshal-packed args and results
 
@@ -257,10 +256,11 @@ class Evaluator:
         """Run a chunk of a pool made in this process here, as part of the task that waits."""
         try:
             fn = self._function(chunk.task, chunk.code)
+            args, kwargs = broadcast.values_of(chunk.args), broadcast.values_of(chunk.kwargs or {})
         except Exception as e:  # the chunk's failure, reported through its future
             chunk.fail(e)
             return
-        results, errors = _run_all(fn, chunk.args, chunk.kwargs or {}, chunk.seeds, run, chunk.flat)
+        results, errors = _run_all(fn, args, kwargs, chunk.seeds, run, chunk.flat)
         if ":" in chunk.task or chunk.code is not None:
             self._record(len(chunk.args), 0, 0.0)
         chunk.resolve(results, errors)
@@ -349,36 +349,31 @@ def _reply(results: list[Any], errors: list[list[Any]], seconds: float, serializ
     """The batch reply; results the wire cannot carry become their tasks' errors first.
 
     Over our binary serializer, results that marshal cannot carry (numpy) go as they are.
+    Objects of the script's classes go as their state (``objects``), and the reply says so.
     """
+    reply: dict[str, Any] = {"errors": errors, "seconds": seconds}
     over_marshal = serializer_id == MARSHAL_ID
-    if serializer_id in PACKING_IDS and _flat_plain(results):  # the common case, in one pass at C speed
-        return {"packed": marshal.dumps(results), "errors": errors, "seconds": seconds}
-    if serializer_id == binary.SERIALIZER_ID:
-        if marshal_plain(results):
-            return {"packed": pack(results), "errors": errors, "seconds": seconds}
+    packing = over_marshal or serializer_id == binary.SERIALIZER_ID
+    packed = pack_plain(results) if packing else None
+    if packed is None:  # one pass in the common case; more only for objects or to find what fails
+        results, converted = objects.as_state(results)
+        if converted:
+            reply["objects"] = True
+            packed = pack_plain(results) if packing else None
+    if packed is None and packing:
         fail_unsendable(results, errors, serpent=False)
-        return {"results": results, "errors": errors, "seconds": seconds}
-    if over_marshal:
-        if not marshal_plain(results):  # one pass in the common case; a second only to find what fails
-            fail_unsendable(results, errors, serpent=False)
-        if marshal_plain(results):
-            return {"packed": pack(results), "errors": errors, "seconds": seconds}
-    fail_unsendable(results, errors, serpent=True)
-    if over_marshal:
-        return {"serpent": to_serpent(results), "errors": errors, "seconds": seconds}
-    return {"results": results, "errors": errors, "seconds": seconds}
-
-
-_FLAT_RESULTS = frozenset({type(None), bool, float, str})
-_INT_RESULTS = frozenset({int})
-
-
-def _flat_plain(results: list[Any]) -> bool:
-    """True for results of flat scalars that ``marshal_plain`` passes and ``pack`` writes as ``marshal.dumps``."""
-    kinds = set(map(type, results))
-    if kinds <= _FLAT_RESULTS:
-        return True
-    return kinds == _INT_RESULTS and -INT_LIMIT < min(results) and max(results) < INT_LIMIT
+        packed = pack_plain(results) if over_marshal else None
+    if packed is not None:
+        reply["packed"] = packed
+    elif serializer_id == binary.SERIALIZER_ID:
+        reply["results"] = results
+    else:
+        fail_unsendable(results, errors, serpent=True)
+        if over_marshal:
+            reply["serpent"] = to_serpent(results)
+        else:
+            reply["results"] = results
+    return reply
 
 
 def _unpack(data: Any) -> Any:

@@ -9,6 +9,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
+from . import taskctx
 from .chunk import Chunk, child_seeds
 
 
@@ -93,6 +94,8 @@ class Feeder(threading.Thread):
         while True:
             if self.done and consumed == self.submitted:
                 break
+            if not self.ordered and taskctx.in_task():
+                self._wait_in_task(deadline)
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 chunk = self.out.get(timeout=remaining)
@@ -103,6 +106,21 @@ class Feeder(threading.Thread):
                 yield chunk
         if self.error is not None:
             raise self.error
+
+    def _wait_in_task(self, deadline: float | None) -> None:
+        """Until a chunk completes (or the deadline), lend this task's worker to other tasks.
+
+        Blocking on ``out`` would hold the worker while the chunks awaited may need it.
+        """
+        while self.out.empty() and (deadline is None or time.monotonic() < deadline):
+            with self.live_lock:
+                live = [c.future for c in self.live]
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if live:
+                taskctx.wait(live, timeout, concurrent.futures.FIRST_COMPLETED)
+                time.sleep(0)  # a future just done queues its chunk from its done callback
+            else:
+                time.sleep(0.001)  # the feeder is reading input: nothing is in flight yet
 
     def release(self, chunk: Chunk) -> None:
         """``chunk`` was consumed: forget it and let the feeder put another in flight."""

@@ -106,28 +106,20 @@ def map(func: Callable[..., Any] | str, *iterables: Iterable[Any], **kwargs: Any
 
 
 def map_as_completed(func: Callable[..., Any] | str, *iterables: Iterable[Any], **kwargs: Any) -> Iterator[Any]:
-    """Like ``map``, yielding each result as soon as it is ready.
-
-    Inside a task the results come in input order: waiting for them in order lends the task's
-    worker to other tasks (the pool's completion-order wait would hold it: no deadlock).
-    """
+    """Like ``map``, yielding each result as soon as it is ready (inside a task too: waiting
+    lends the task's worker to other tasks)."""
     func = _bound(func, kwargs, "map_as_completed")
-    if taskctx.in_task():
-        return default_pool().map(func, *iterables, **_seeded(kwargs))
     return default_pool().map_as_completed(func, *iterables, **_seeded(kwargs))
 
 
 def mapReduce(mapFunc: Callable[..., Any] | str, reductionOp: Callable[[Any, Any], Any],  # noqa: N802,N803
               *iterables: Iterable[Any], **kwargs: Any) -> Any:
-    """Map on the workers and fold the results with ``reductionOp`` as they arrive (in a task: in
-    input order, see ``map_as_completed``).
+    """Map on the workers and fold the results with ``reductionOp`` as they arrive.
 
     Raises:
         TypeError: the input was empty.
     """
     mapFunc = _bound(mapFunc, kwargs, "mapReduce")
-    if taskctx.in_task():
-        return functools.reduce(reductionOp, default_pool().map(mapFunc, *iterables, **_seeded(kwargs)))
     return default_pool().map_reduce(mapFunc, reductionOp, *iterables, **_seeded(kwargs))
 
 

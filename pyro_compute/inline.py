@@ -164,9 +164,8 @@ class Inline:
             return None  # cancelled meanwhile
         del sched.idle[d]
         self.lent.add(d)
-        d.link.calls[d.slot] = Call(chunk, time.monotonic(), expected)
+        sched.book(d, Call(chunk, time.monotonic(), expected))
         sched.park_behind(d.link)
-        sched.busy += 1
         self.sent += 1
         return d, chunk, packing(chunk)
 
@@ -193,8 +192,7 @@ class Inline:
         proxy._pyroRelease()
         sched = self.sched
         with sched.lock:
-            call = d.link.calls.pop(d.slot, None)
-            sched.busy -= 1
+            call = sched.unbook(d) if d.slot in d.link.calls else None
             sched.unpark(d.link)
             if call is not None and not call.aborted:
                 sched.requeue(chunk)

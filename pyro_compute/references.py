@@ -352,10 +352,11 @@ def object_result_refusal(value: Any) -> str:
     because decoding pickle would let whoever answers in a worker's name run code in the client.
     """
     return (f"it is an object of class {_class_name(type(value))}, and results come back as plain "
-            "data only, never pickled: a pyro_compute client decodes no pickle from the network, "
-            "since whoever answers in a worker's name could run code in the client with it. Return "
-            "the object's data instead (a tuple, a dict such as vars(obj), a list or a numpy array) "
-            "and rebuild the object in the client")
+            "data, numpy arrays, or objects of your script's own plain classes (their state in "
+            "__dict__; no __slots__, __reduce__ or __setstate__), never pickled: a pyro_compute "
+            "client decodes no pickle from the network, since whoever answers in a worker's name "
+            "could run code in the client with it. Return the object's data instead (a tuple, a "
+            "dict such as vars(obj), a list or a numpy array) and rebuild the object in the client")
 
 
 def first_object(value: Any, depth: int = 8) -> Any:

@@ -249,9 +249,12 @@ def _plain_piece(value: Any, depth: int) -> bytes | None:
         if int in kinds and not (kinds == _INT_ONLY and len(data) == 5 + 5 * len(items)) \
                 and not _ints_fit(items, kinds):
             return None
-        return _CODES[kind] + data[1:]  # the items, under this container's type code
+        return data if kind is list else _CODES[kind] + data[1:]  # the items, under this container's type code
     if not _has_set(items, depth):
-        return _CODES[kind] + marshal.dumps(items, _PIECES)[1:] if _marshal_items(items, depth) else None
+        if not _marshal_items(items, depth):
+            return None
+        data = marshal.dumps(items, _PIECES)
+        return data if kind is list else _CODES[kind] + data[1:]
     pieces = [_CODES[kind], struct.pack("<i", len(items))]
     for v in items:
         piece = _plain_piece(v, depth + 1)

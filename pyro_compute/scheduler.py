@@ -51,6 +51,7 @@ class Scheduler:
         self.per_item: dict[str, float] = {}
         self.sums: dict[str, list[float]] = {}  # per task: decayed seconds and tasks measured
         self.ok = 0  # links in state OK (usable() without building the list)
+        self.free = 0  # links in state OK holding no call: no call queues behind another while one is
         self.busy = 0
         # False in pools made inside tasks: a call there may wait on its own children for long,
         # so nothing is queued behind it (and duplicated when it overruns).
@@ -162,6 +163,7 @@ class Scheduler:
         """Start dispatchers for a worker; caller holds the lock."""
         self.links[name] = link = Link(name, uri)
         self.ok += 1
+        self.free += 1
         self.inline.start()
         for slot in range(SLOTS):
             d = Dispatcher(link, slot, self.lock)
@@ -173,6 +175,8 @@ class Scheduler:
     def set_state(self, link: Link, state: str) -> None:
         """Change a link's state and wake whoever that concerns; caller holds the lock."""
         self.ok += (state == OK) - (link.state == OK)
+        if not link.calls:
+            self.free += (state == OK) - (link.state == OK)
         link.state = state
         for d in link.dispatchers:
             d.wake.notify()
@@ -194,7 +198,7 @@ class Scheduler:
 
     def may_take(self, link: Link, now: float) -> bool:
         """Whether ``link`` may get a call now: it is idle, or it runs one short, on-time call."""
-        if link.state != OK or len(link.calls) >= SLOTS or (link.calls and not self.pipeline):
+        if link.state != OK or len(link.calls) >= SLOTS or (link.calls and not (self.pipeline and not self.free)):
             return False
         return all(c.expected is not None and c.expected < PIPELINE_SECONDS
                    and now - c.started < max(c.expected, 0.005) for c in link.calls.values())
@@ -239,11 +243,25 @@ class Scheduler:
             return None
         per_item = self.per_item.get(chunk.task)
         expected = None if per_item is None else per_item * len(chunk.args)
-        d.link.calls[d.slot] = Call(chunk, now, expected)
-        self.busy += 1
+        self.book(d, Call(chunk, now, expected))
         self.park_behind(d.link)
         self.wake_idle()
         return chunk
+
+    def book(self, d: Dispatcher, call: Call) -> None:
+        """Record ``call`` as ``d``'s; caller holds the lock."""
+        d.link.calls[d.slot] = call
+        self.busy += 1
+        if len(d.link.calls) == 1 and d.link.state == OK:
+            self.free -= 1
+
+    def unbook(self, d: Dispatcher) -> Call:
+        """Forget ``d``'s call and return it; caller holds the lock."""
+        call = d.link.calls.pop(d.slot)
+        self.busy -= 1
+        if not d.link.calls and d.link.state == OK:
+            self.free += 1
+        return call
 
     def park_behind(self, link: Link) -> None:
         """``link`` started a call: if nothing may queue behind it, park its idle dispatchers; caller holds the lock."""
@@ -350,8 +368,7 @@ class Scheduler:
         call = d.link.calls[d.slot]
         verdict = None if error is None or call.aborted else self.judge(d.link, call, error)
         with self.lock:
-            call = d.link.calls.pop(d.slot)
-            self.busy -= 1
+            call = self.unbook(d)
             now = time.monotonic()
             for other in d.link.calls.values():
                 other.started = now  # the call queued behind this one starts running now

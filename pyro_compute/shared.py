@@ -1,7 +1,9 @@
-"""SCOOP's ``shared`` module: constants set once by the client and read by tasks on any worker.
+"""SCOOP's ``shared`` module: constants set once and read by tasks on any worker.
 
 ``setConst`` stores them in the default pool, which pushes them to each worker once, before that
-worker's next chunk (a worker that joins later gets them with its first). Values travel like task
+worker's next chunk (a worker that joins later gets them with its first). Inside a task, that pool
+is the one the worker's tasks share: the constant is seen at once by tasks on that worker, and by
+the other workers from the next task sent there from it; the client does not see it. Values travel like task
 arguments and functions: plain data (numbers, strings, lists, dicts, numpy arrays) as it is, a
 function by reference (by value in by-value pools, where a worker needs it), and other objects
 (of classes defined in the script) by value, to workers that accept it.
@@ -24,12 +26,8 @@ def setConst(**constants: Any) -> None:  # noqa: N802
     """Make each keyword a constant that tasks read with ``getConst(name)``.
 
     Raises:
-        TypeError: a constant of that name was set before (constants are set once), or this is
-            called inside a task (only the client sets constants).
+        TypeError: a constant of that name was set before (constants are set once).
     """
-    if taskctx.in_task():
-        raise TypeError("setConst is called inside a task; set constants in the client, before "
-                        "the tasks that read them are submitted")
     pool = futures.default_pool()
     sched = pool._scheduler
     with sched.lock:
@@ -38,8 +36,9 @@ def setConst(**constants: Any) -> None:  # noqa: N802
         raise TypeError(f"the constant(s) {', '.join(again)} were set already; a constant is set "
                         "once: give the new value another name")
     wire = {name: _wire_form(pool, name, value) for name, value in constants.items()}
-    with sched.lock:
-        _originals.setdefault(sched.run_id, {}).update(constants)
+    if not taskctx.in_task():  # in a task the pool's constants are the worker's own table
+        with sched.lock:
+            _originals.setdefault(sched.run_id, {}).update(constants)
     sched.set_shared(wire)
 
 

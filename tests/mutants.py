@@ -99,6 +99,22 @@ MUTANTS = [
            "pyro_compute/scheduler.py", "                for d in link.dispatchers:\n                    d.wake.notify()\n        if not self.outstanding():",
            "                pass\n        if not self.outstanding():",
            ("tests/test_promises.py::test_futures_submit_passes_keyword_arguments",)),
+    # -- session 4 -------------------------------------------------------------------------------
+    Mutant("a call queues behind a busy worker while another is free", "small maps spread over the workers",
+           "pyro_compute/scheduler.py", "(link.calls and not (self.pipeline and not self.free))",
+           "(link.calls and not self.pipeline)", ("tests/test_spread.py",)),
+    Mutant("map_as_completed in a task blocks holding its worker", "SCOOP's futures inside tasks",
+           "pyro_compute/feeder.py", "if not self.ordered and taskctx.in_task():", "if False:",
+           ("tests/test_scoop.py::test_map_as_completed_inside_a_task_yields_in_completion_order",)),
+    Mutant("pack_plain trusts any int container's length", "big ints are refused, not mangled",
+           "pyro_compute/replies.py", "(kinds == _INT_ONLY and len(data) == 5 + 5 * len(items))",
+           "kinds == _INT_ONLY", ("tests/test_wire_speed.py",)),
+    Mutant("a client rebuilds objects of any class its script names", "no code but the client's own runs",
+           "pyro_compute/objects.py", "and qualifies(found):", ":", ("tests/test_objects.py",)),
+    Mutant("a child run by its waiting parent gets the broadcast handle", "broadcast values reach every task",
+           "pyro_compute/evaluator.py", "args, kwargs = broadcast.values_of(chunk.args), broadcast.values_of(chunk.kwargs or {})",
+           "args, kwargs = chunk.args, chunk.kwargs or {}",
+           ("tests/test_scoop.py::test_a_broadcast_made_inside_a_task_reaches_children_run_by_the_waiting_task",)),
 ]
 
 IGNORE = shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", ".mypy_cache", "*.egg-info",

@@ -1,6 +1,8 @@
 """SCOOP parity (issue 14): SCOOP-style scripts run through ``python -m pyro_compute -n 2``."""
 from __future__ import annotations
 
+import ast
+
 import os
 import time
 import subprocess
@@ -56,10 +58,10 @@ def test_nested_seeds_derive_from_parent_seed(workers: int) -> None:
 
 def test_lambdas_closures_partials_and_script_objects_by_value() -> None:
     """The launcher's own cluster takes code and script-class objects (as arguments) by value, as SCOOP
-    does; results stay plain data, since no client decodes pickle from the wire."""
+    does; objects come back rebuilt from their plain state, since no client decodes pickle from the wire."""
     out = launch(EXAMPLES / "lambdas.py")
     assert out.splitlines() == ["lambdas [10, 11, 12, 13, 14] [0, 3, 6, 9, 12] [0, 2, 4, 6, 8] "
-                                "[1, 5, 13, 25, 41]", "objects [(1, 0), (2, -1), (3, -2)] a Point as a result: TypeError"]
+                                "[1, 5, 13, 25, 41]", "objects [(1, 0), (2, -1), (3, -2)] True"]
 
 
 def test_shared_cluster_keeps_by_value_opt_in(cluster: object, tmp_path: Path) -> None:
@@ -181,6 +183,13 @@ class Point:
         self.x, self.y = x, y
 
 
+class Slotted:
+    __slots__ = ("x",)
+
+    def __init__(self, x):
+        self.x = x
+
+
 def norm2(p):
     return p.x * p.x + p.y * p.y
 
@@ -190,10 +199,22 @@ def moved(p):
     return p
 
 
+def nested(p):
+    return {"p": [moved(p), (p.x, Point(p, [p.y]))]}
+
+
+def slotted(x):
+    return Slotted(x)
+
+
 if __name__ == "__main__":
     print("norms", list(futures.map(norm2, [Point(i, i + 1) for i in range(4)])))
+    got = list(futures.map(moved, [Point(0, 0), Point(5, 1)]))
+    print("moved", [(type(p) is Point, p.x, p.y) for p in got])
+    n = futures.submit(nested, Point(1, 2)).result()["p"]
+    print("nested", type(n[0]) is Point, n[0].x, n[1][0], type(n[1][1].x) is Point, n[1][1].y)
     try:
-        print(list(futures.map(moved, [Point(0, 0)])))
+        futures.submit(slotted, 1).result()
     except TypeError as e:
         print("refused:", e)
 '''
@@ -201,9 +222,9 @@ if __name__ == "__main__":
 
 @pytest.mark.parametrize("by_value", [True, False])
 def test_script_objects_as_arguments_on_a_shared_cluster(tmp_path: Path, by_value: bool) -> None:
-    """On a shared cluster whose workers allow by-value, objects of script classes go as arguments;
-    as results they are refused, saying why and what to return. Without by-value, the call is
-    refused naming the class."""
+    """On a shared cluster whose workers allow by-value, objects of script classes go as arguments
+    and come back rebuilt from their state; an object that is more than its __dict__ is refused,
+    saying why and what to return. Without by-value, the call is refused naming the class."""
     from pyro_compute.cluster import LocalCluster
 
     script = tmp_path / "objects.py"
@@ -219,11 +240,12 @@ def test_script_objects_as_arguments_on_a_shared_cluster(tmp_path: Path, by_valu
         assert "an argument is an object of class Point (a class of your script)" in proc.stderr, proc.stderr
         return
     assert proc.returncode == 0, proc.stderr
-    norms, refused = proc.stdout.splitlines()
+    norms, moved, nested, refused = proc.stdout.splitlines()
     assert norms == "norms [1, 5, 13, 25]"
-    assert refused.startswith("refused: the result of task 0 cannot be sent back") and "Point" in refused
-    assert "return plain data" in refused or "decodes no pickle" in refused
-    assert "decodes no pickle" in refused
+    assert moved == "moved [(True, 1, 0), (True, 6, 1)]"
+    assert nested == "nested True 2 2 True [2]"
+    assert refused.startswith("refused: the result of task 0 cannot be sent back") and "Slotted" in refused
+    assert "decodes no pickle" in refused and "__slots__" in refused
 
 
 def test_refusal_messages_for_objects_say_why_and_what_to_do() -> None:
@@ -298,3 +320,90 @@ def test_map_as_completed_and_map_reduce_inside_tasks_do_not_deadlock(tmp_path: 
     script.write_text(NESTED_COMPLETION)
     expected = [(s, s) for s in (sum(i * i for i in range(n)) for n in (20, 30, 40, 50))]
     assert launch(script, timeout=120).strip() == repr(expected)
+
+
+COMPLETION_ORDER = '''
+import time
+from pyro_compute import futures
+
+
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def parent():
+    return list(futures.map_as_completed(nap, [1.0, 0.0, 0.0], chunksize=1))
+
+
+if __name__ == "__main__":
+    print(futures.submit(parent).result())
+'''
+
+
+def test_map_as_completed_inside_a_task_yields_in_completion_order(tmp_path: Path) -> None:
+    """The slow first child comes last, as at top level (it came first when a task waited in input order)."""
+    script = tmp_path / "completion_order.py"
+    script.write_text(COMPLETION_ORDER)
+    assert launch(script, timeout=120).strip() == repr([0.0, 0.0, 1.0])
+
+
+CONST_IN_TASK = '''
+import time
+from pyro_compute import futures, shared
+
+
+def offset():
+    time.sleep(0.05)
+    return futures.worker(), shared.getConst("offset", timeout=10)
+
+
+def parent():
+    shared.setConst(offset=7)
+    try:
+        shared.setConst(offset=8)
+    except TypeError as e:
+        again = "set already" in str(e)
+    seen = [f.result() for f in [futures.submit(offset) for _ in range(40)]]
+    return again, sorted({v for _, v in seen}), len({w for w, _ in seen})
+
+
+if __name__ == "__main__":
+    print(futures.submit(parent).result())
+'''
+
+
+def test_set_const_inside_a_task_reaches_its_children_on_every_worker(tmp_path: Path) -> None:
+    """SCOOP's shareConstant run as a task: set once, read by the task's children wherever they run."""
+    script = tmp_path / "const_in_task.py"
+    script.write_text(CONST_IN_TASK)
+    again, values, workers = ast.literal_eval(launch(script, timeout=120).strip())
+    assert again and values == [7]
+    assert workers == 2, "the children all ran on one worker, so the other worker's copy went untested"
+
+
+BROADCAST_IN_TASK = '''
+from pyro_compute import futures
+
+
+def total(values, extra=()):
+    return sum(values) + sum(extra)
+
+
+def parent():
+    pool = futures.default_pool()
+    with pool.broadcast(list(range(100))) as h:
+        return [futures.submit(total, h, extra=h).result() for _ in range(3)], \
+            [f.result() for f in [futures.submit(total, h) for _ in range(6)]]
+
+
+if __name__ == "__main__":
+    print(futures.submit(parent).result())
+'''
+
+
+def test_a_broadcast_made_inside_a_task_reaches_children_run_by_the_waiting_task(tmp_path: Path) -> None:
+    """A child run by its waiting parent (no wire in between) gets the handle's value, as one sent to a worker does."""
+    script = tmp_path / "broadcast_in_task.py"
+    script.write_text(BROADCAST_IN_TASK)
+    assert launch(script, timeout=120).strip() == repr(([9900] * 3, [4950] * 6))
