@@ -54,7 +54,8 @@ def free_port() -> int:
 class LocalCluster:
     """Start a Pyro4 name server and ``n_workers`` workers as child processes; stop them on close.
 
-    The workers are forked from one process that loaded NumPy, Numba and the kernels once; each
+    The workers are forked from one process that loaded NumPy and Pyro4 once (and Numba with the
+    kernels, with ``warm_kernels``); each
     has a handle in ``workers`` (``pid``, ``poll``, ``wait``, ``terminate``, ``kill``,
     ``send_signal``, as ``subprocess.Popen``). A worker that dies is not restarted.
 
@@ -66,6 +67,10 @@ class LocalCluster:
         env: extra environment variables for every child.
         startup_timeout: seconds to wait until every worker is registered.
         by_value: let workers accept cloudpickled functions (``--allow-by-value``).
+        warm_kernels: load Numba and the kernels in the fork server before forking, so the workers
+            share them copy-on-write (~60 MiB less per worker once kernels ran; start-up 0.3 s
+            later). By default each worker loads them on its first kernel call (0.3 s then), and a
+            cluster that runs only tasks never loads Numba.
 
     Raises:
         ValueError: n_workers is zero or negative.
@@ -76,7 +81,7 @@ class LocalCluster:
     def __init__(self, n_workers: int | None = None, *, hmac_key: str | None = None,
                  script: str | None = None, allow_modules: Sequence[str] = (),
                  env: dict[str, str] | None = None, startup_timeout: float = 60.0,
-                 by_value: bool = False) -> None:
+                 by_value: bool = False, warm_kernels: bool = False) -> None:
         self.n_workers = _worker_count(n_workers)
         register_wire()  # our own name-server lookups refuse pickle before any Pool exists
         self.settings = Settings.from_env(
@@ -86,6 +91,7 @@ class LocalCluster:
         self.script = os.path.abspath(script) if script else None
         self.startup_timeout = startup_timeout
         self.by_value = by_value
+        self.warm_kernels = warm_kernels
         self._env = dict(env or {})
         self._logdir = tempfile.TemporaryDirectory(prefix="pyro-compute-")
         self.nameserver: subprocess.Popen[bytes] | None = None
@@ -176,8 +182,9 @@ class LocalCluster:
         return proc
 
     def _worker_options(self) -> list[str]:
-        return (["--script", self.script] if self.script else []) + (
-            ["--allow-by-value"] if self.by_value else [])
+        return ((["--script", self.script] if self.script else [])
+                + (["--allow-by-value"] if self.by_value else [])
+                + ([] if self.warm_kernels else ["--lazy-kernels"]))
 
     def _worker_env(self) -> dict[str, str]:
         return {k: v for k, v in self.settings.as_env().items()

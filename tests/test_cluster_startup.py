@@ -8,13 +8,15 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import psutil
+import Pyro4
 import pytest
 
 from conftest import children
 from launch_helpers import child_env
 import remote_tasks
-from pyro_compute import Pool
+from pyro_compute import Pool, kernels, tasks
 from pyro_compute.cluster import ForkedWorker, LocalCluster
 from pyro_compute.errors import ClusterError
 
@@ -26,18 +28,60 @@ def _mapped(pid: int, part: str) -> bool:
     return any(part in m.path for m in psutil.Process(pid).memory_maps(grouped=True))
 
 
-def test_workers_are_forked_from_one_warmed_process_and_share_its_memory(cluster: LocalCluster) -> None:
+def _fork_server(cluster: LocalCluster) -> psutil.Process:
+    """The one process every ForkedWorker of ``cluster`` came from."""
     forked = [w for w in cluster.workers if isinstance(w, ForkedWorker)]
     assert len(forked) >= 2
     parents = {psutil.Process(w.pid).ppid() for w in forked}
     assert len(parents) == 1, "every worker comes from the same fork server"
     server = psutil.Process(parents.pop())
     assert server.ppid() == os.getpid() and "pyro_compute.worker" in " ".join(server.cmdline())
-    assert _mapped(server.pid, "llvmlite"), "the fork server warmed the kernels before forking"
-    for w in forked:
-        mem = psutil.Process(w.pid).memory_full_info()
-        # A separately started worker holds ~70 MiB of its own (USS); a forked one shares most.
-        assert mem.uss < 0.5 * mem.rss, (w, mem)
+    return server
+
+
+def _pi_hits_on(uri: str, key: bytes | None) -> int:
+    """Run the pi_hits kernel on the worker at ``uri`` itself (not through a pool's choice)."""
+    with Pyro4.Proxy(uri) as proxy:
+        proxy._pyroHmacKey = key
+        proxy._pyroTimeout = T
+        return int(proxy.pi_hits(10_001, 7))
+
+
+def test_numba_loads_only_in_the_workers_that_run_a_kernel() -> None:
+    with LocalCluster(2) as c, Pool(cluster=c) as pool:
+        server = _fork_server(c)
+        assert pool.submit(tasks.noop).result(timeout=T) is None
+        for pid in (server.pid, *(w.pid for w in c.workers)):
+            assert not _mapped(pid, "llvmlite"), "no kernel ran, so no process loaded Numba"
+        uris = list(c.registered().values())
+        expected = kernels.pi_hits(10_001, np.uint64(7))
+        assert [_pi_hits_on(uri, c.settings.hmac_bytes) for uri in uris] == [expected] * 2
+        assert all(_mapped(w.pid, "llvmlite") for w in c.workers), "each worker loaded the kernels"
+        assert not _mapped(server.pid, "llvmlite")
+        info = pool.submit(tasks.noop)  # the workers still serve tasks after loading
+        assert info.result(timeout=T) is None
+
+
+def test_warm_kernels_are_loaded_once_and_shared_by_the_forked_workers() -> None:
+    with LocalCluster(2, warm_kernels=True) as c:
+        server = _fork_server(c)
+        assert _mapped(server.pid, "llvmlite"), "the fork server warmed the kernels before forking"
+        expected = kernels.pi_hits(10_001, np.uint64(7))
+        for uri in c.registered().values():
+            assert _pi_hits_on(uri, c.settings.hmac_bytes) == expected
+        for w in c.workers:
+            mem = psutil.Process(w.pid).memory_full_info()
+            # A separately started worker holds ~70 MiB of its own (USS); a forked one shares most.
+            assert mem.uss < 0.5 * mem.rss, (w, mem)
+
+
+def test_workers_register_with_their_kernels_before_loading_numba(cluster: LocalCluster) -> None:
+    server = _fork_server(cluster)
+    assert not _mapped(server.pid, "llvmlite"), "the default fork server does not load Numba"
+    key = cluster.settings.hmac_bytes
+    with Pyro4.locateNS(*cluster.settings.ns_address, hmac_key=key) as ns:
+        metadata = ns.list(prefix="pyro_compute.evaluator.", return_metadata=True)
+    assert metadata and all("kernels:pi_hits,integrate" in meta for _, meta in metadata.values())
 
 
 def test_the_name_server_loads_neither_numpy_nor_numba(cluster: LocalCluster) -> None:
