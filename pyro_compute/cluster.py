@@ -2,9 +2,10 @@
 
 ::
 
-    LocalCluster ─┬─ name server        (pyro_compute.naming without the package __init__: no NumPy)
-                  └─ fork server        (compute-worker -n N --status-fd: warms the kernels once)
-                       ├─ worker .0     forked: shares the warm memory copy-on-write
+    LocalCluster ─┬─ name server        (bootstrap.py naming: no package __init__, no NumPy)
+                  └─ fork server        (bootstrap.py worker -n N --status-fd: NumPy, Pyro4; Numba only
+                       │                 with warm_kernels, else each worker loads it on its first kernel)
+                       ├─ worker .0     forked: shares the fork server's memory copy-on-write
                        └─ worker .1     ...      ``workers`` holds a Popen-like ForkedWorker for each
 
 Workers added later with ``start_worker`` are separate ``compute-worker`` processes, as before.
@@ -36,12 +37,9 @@ from .wire import register_wire
 LOCALHOST = "127.0.0.1"
 POLL = 0.01  # seconds between looks at the name server while the cluster starts
 log = logging.getLogger(__name__)
-# Runs pyro_compute.naming without the package's __init__, which imports the client API (NumPy,
-# tqdm, the pool): the name server needs Pyro4 and five small modules, so it answers sooner and
-# holds a third of the memory. argv[1] is the package's directory.
-_LIGHT_NAMESERVER = ("import sys, types; package = types.ModuleType('pyro_compute'); "
-                     "package.__path__ = [sys.argv.pop(1)]; sys.modules['pyro_compute'] = package; "
-                     "from pyro_compute.naming import main; sys.exit(main())")
+# The name server and the fork server run through bootstrap.py, without the package's __init__
+# (the client API: the pool, tqdm, ...); the name server then never imports NumPy either.
+_BOOTSTRAP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bootstrap.py")
 
 
 def free_port() -> int:
@@ -123,8 +121,7 @@ class LocalCluster:
         # one select loop with a pre-auth budget), serpent only.
         env = {"PYRO_HMAC_KEY": self.settings.hmac_key,
                "PYRO_MAX_MESSAGE_SIZE": str(self.settings.max_message_size)}
-        package = os.path.dirname(os.path.abspath(__file__))
-        self.nameserver = self._spawn("nameserver", [sys.executable, "-c", _LIGHT_NAMESERVER, package,
+        self.nameserver = self._spawn("nameserver", [sys.executable, _BOOTSTRAP, "naming",
                                                      "-n", host, "-p", str(port)], env)
         self._ns_procs.append(self.nameserver)
         if wait:
@@ -154,7 +151,7 @@ class LocalCluster:
     def _start_fork_server(self) -> None:
         """Start the one process that warms up and forks the first ``n_workers`` workers."""
         read_fd, write_fd = os.pipe()
-        cmd = [sys.executable, "-m", "pyro_compute.worker", "--ns", self.ns, "--name",
+        cmd = [sys.executable, _BOOTSTRAP, "worker", "--ns", self.ns, "--name",
                f"local.{os.getpid()}", "-n", str(self.n_workers), "--status-fd", str(write_fd),
                *self._worker_options()]
         try:

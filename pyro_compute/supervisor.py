@@ -191,12 +191,14 @@ class Supervisor:
         for slot in self.slots:
             if slot.pid:
                 _signal(slot.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
+        deadline, nap = time.monotonic() + timeout, 0.002
         while self.pids and time.monotonic() < deadline:
             for slot in self.slots:
                 if slot.pid:
                     self._reaped(slot)
-            time.sleep(0.05)
+            if self.pids:  # idle children stop in ~10 ms; one finishing a batch may take seconds
+                time.sleep(nap)
+                nap = min(nap * 2, 0.05)
         for slot in self.slots:
             if slot.pid:
                 log.warning("worker %s (pid %d) did not stop in %.0f s; killing it", slot.name, slot.pid, timeout)

@@ -14,6 +14,7 @@ import Pyro4
 import pytest
 
 from conftest import children
+import launch_helpers
 from launch_helpers import child_env
 import remote_tasks
 from pyro_compute import Pool, kernels, tasks
@@ -35,7 +36,7 @@ def _fork_server(cluster: LocalCluster) -> psutil.Process:
     parents = {psutil.Process(w.pid).ppid() for w in forked}
     assert len(parents) == 1, "every worker comes from the same fork server"
     server = psutil.Process(parents.pop())
-    assert server.ppid() == os.getpid() and "pyro_compute.worker" in " ".join(server.cmdline())
+    assert server.ppid() == os.getpid() and "bootstrap.py worker" in " ".join(server.cmdline())
     return server
 
 
@@ -82,6 +83,17 @@ def test_workers_register_with_their_kernels_before_loading_numba(cluster: Local
     with Pyro4.locateNS(*cluster.settings.ns_address, hmac_key=key) as ns:
         metadata = ns.list(prefix="pyro_compute.evaluator.", return_metadata=True)
     assert metadata and all("kernels:pi_hits,integrate" in meta for _, meta in metadata.values())
+
+
+def test_the_fork_server_skips_the_package_init_yet_tasks_get_the_whole_package() -> None:
+    with LocalCluster(2, allow_modules=["remote_tasks", "launch_helpers"], env=child_env()) as c, \
+            Pool(cluster=c) as pool:
+        assert pool.submit(remote_tasks.loaded, "pyro_compute.pool").result(timeout=T) is False
+        assert pool.submit(remote_tasks.loaded, "tqdm").result(timeout=T) is False
+        # The first attribute the light package lacks runs the real __init__ in the worker.
+        assert pool.submit(launch_helpers.package_attribute, "Pool").result(timeout=T) == "type"
+        assert pool.submit(launch_helpers.package_attribute, "__version__").result(timeout=T) == "str"
+        assert pool.submit(launch_helpers.package_attribute, "futures").result(timeout=T) == "module"
 
 
 def test_the_name_server_loads_neither_numpy_nor_numba(cluster: LocalCluster) -> None:
