@@ -39,6 +39,7 @@ POLL = 0.01  # seconds between looks at the name server while the cluster starts
 log = logging.getLogger(__name__)
 # The name server and the fork server run through bootstrap.py, without the package's __init__
 # (the client API: the pool, tqdm, ...); the name server then never imports NumPy either.
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 _BOOTSTRAP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bootstrap.py")
 
 
@@ -62,7 +63,9 @@ class LocalCluster:
         hmac_key: shared secret; a random one is generated when None.
         script: a script whose functions the workers may run as ``__main__``.
         allow_modules: further modules whose functions the workers may run.
-        env: extra environment variables for every child.
+        env: extra environment variables for every child. Workers get ``OMP_NUM_THREADS``,
+            ``OPENBLAS_NUM_THREADS`` and ``MKL_NUM_THREADS`` = cores // n_workers unless set here
+            or in the environment.
         startup_timeout: seconds to wait until every worker is registered.
         by_value: let workers accept cloudpickled functions (``--allow-by-value``).
         warm_kernels: load Numba and the kernels in the fork server before forking, so the workers
@@ -184,8 +187,16 @@ class LocalCluster:
                 + ([] if self.warm_kernels else ["--lazy-kernels"]))
 
     def _worker_env(self) -> dict[str, str]:
-        return {k: v for k, v in self.settings.as_env().items()
-                if k in ("PYRO_COMPUTE_HMAC_KEY", "PYRO_COMPUTE_ALLOW_MODULES")}
+        env = {k: v for k, v in self.settings.as_env().items()
+               if k in ("PYRO_COMPUTE_HMAC_KEY", "PYRO_COMPUTE_ALLOW_MODULES")}
+        # The workers share the cores already: BLAS/OpenMP threads sized for the whole machine in
+        # each would oversubscribe them (Dask's workers do the same); creating them also costs
+        # every NumPy import ~0.03 CPU-s. A value the caller or the environment sets wins.
+        threads = str(max(1, _cores() // self.n_workers))
+        for var in _THREAD_VARS:
+            if var not in os.environ and var not in self._env:
+                env[var] = threads
+        return env
 
     def _collect_forked(self) -> list[ForkedWorker]:
         """Add a handle to ``workers`` for each worker the fork server reported since the last look."""
@@ -260,6 +271,13 @@ class LocalCluster:
         logs = sorted(Path(self._logdir.name).glob("*.log"))
         tail = "\n".join(p.read_text(errors="replace")[-2000:] for p in logs if p.stat().st_size)
         raise ClusterError(f"{what} exited with status {proc.returncode} while starting:\n{tail}")
+
+
+def _cores() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def _worker_count(n_workers: int | None) -> int:
