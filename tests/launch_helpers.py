@@ -158,3 +158,8 @@ def package_attribute(name: str) -> str:
     """A task: the type name of ``pyro_compute.NAME``, looked up on the package as user code does."""
     import pyro_compute
     return type(getattr(pyro_compute, name)).__name__
+
+
+def env_var(name: str) -> str | None:
+    """A task: the value of environment variable ``name`` in the worker."""
+    return os.environ.get(name)

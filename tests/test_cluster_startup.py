@@ -162,3 +162,21 @@ def test_warm_up_skips_scipy_yet_njit_code_with_blas_still_works() -> None:
                          env=child_env())
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "(6.0, 6.0, 1.0)"
+
+
+LAZY = """
+import sys
+import numpy as np
+from pyro_compute import kernels, worker
+assert "numba" not in sys.modules, "importing the worker does not import Numba"
+first = kernels.pi_hits(1001, np.uint64(9))
+assert "numba" in sys.modules and kernels.loaded() and "scipy.linalg" not in sys.modules
+print(first == kernels.pi_hits(1001, np.uint64(9)) > 700, type(kernels.pi_hits).__name__)
+"""
+
+
+def test_the_kernels_import_numba_on_their_first_call() -> None:
+    out = subprocess.run([sys.executable, "-c", LAZY], capture_output=True, text=True, timeout=300,
+                         env=child_env())
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "CPUDispatcher"]
