@@ -12,6 +12,7 @@ Workers added later with ``start_worker`` are separate ``compute-worker`` proces
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -101,12 +102,14 @@ class LocalCluster:
         self._stoppable: list[WorkerProcess] = []  # the fork server, then every worker
         self._forked: ForkServer | None = None
         self._count = 0
+        self._started = False  # the first n_workers have registered
         self._finalizer = weakref.finalize(self, terminate, self._stoppable, self._ns_procs)
         try:
             self._start_fork_server()  # first: its import and warm-up are the longest part
             self.start_nameserver(wait=False)  # up long before the first worker registers
             self._wait_for_nameserver()
             self.wait_for_workers(self.n_workers)
+            self._started = True
             log.info("local cluster up: name server %s, %d workers", self.ns, self.n_workers)
         except BaseException:
             self.close()
@@ -268,6 +271,10 @@ class LocalCluster:
     def _check_alive(self, proc: WorkerProcess, what: str) -> None:
         if proc.poll() is None or proc.returncode in (-signal.SIGTERM, -signal.SIGKILL):
             return
+        if isinstance(proc, ForkedWorker) and self._forked is not None and not self._started:
+            # A child that fails to start is reported before the fork server logs why, then exits.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._forked.process.wait(timeout=5)
         logs = sorted(Path(self._logdir.name).glob("*.log"))
         tail = "\n".join(p.read_text(errors="replace")[-2000:] for p in logs if p.stat().st_size)
         raise ClusterError(f"{what} exited with status {proc.returncode} while starting:\n{tail}")
