@@ -1,6 +1,6 @@
 """Start-up and memory, phase by phase: ``LocalCluster(2)`` + ``Pool`` and the script launcher.
 
-    python -m benchmarks.startup [--repeat N] [--against DIR]
+    python -m benchmarks.startup [--repeat N] [--against DIR] [--bytecode]
 
 Every run happens in a fresh Python whose ``PYTHONPATH`` is this tree (or ``--against DIR``, e.g. a
 ``git archive`` of an older commit), so two versions are measured side by side, interleaved. PSS is
@@ -77,11 +77,24 @@ print(json.dumps(out))
 '''
 
 
+BYTECODE: dict[Path, str] = {}  # tree -> PYTHONPYCACHEPREFIX holding its compiled modules (--bytecode)
+
+
 def env_for(tree: Path) -> dict[str, str]:
     """The environment of a run against ``tree``: its package first, no PYRO settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYRO")}
     env["PYTHONPATH"] = str(tree)
+    if tree in BYTECODE:
+        env["PYTHONPYCACHEPREFIX"] = BYTECODE[tree]
     return env
+
+
+def compile_tree(tree: Path, prefix: str) -> None:
+    """Compile ``tree``'s package into ``prefix``, as an installed package ships it (--bytecode)."""
+    env = {**env_for(tree), "PYTHONPYCACHEPREFIX": prefix}
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "pyro_compute")], env=env,
+                   check=True, timeout=300, stdout=subprocess.DEVNULL)
+    BYTECODE[tree] = prefix
 
 
 def probe(tree: Path) -> dict[str, float]:
@@ -144,12 +157,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per tree (median taken)")
     parser.add_argument("--against", type=Path, help="another tree (a checkout) to measure beside this one")
     parser.add_argument("--json", action="store_true", help="print every run as JSON too")
+    parser.add_argument("--bytecode", action="store_true",
+                        help="run from compiled bytecode, as an installed package does, even where "
+                             "PYTHONDONTWRITEBYTECODE=1 would make every process compile the sources")
     args = parser.parse_args(argv)
     trees = {"this tree": HERE}
     if args.against:
         trees = {f"{args.against}": args.against.resolve(), **trees}
     load = os.getloadavg()[0]
-    results = measure(trees, args.repeat)
+    with tempfile.TemporaryDirectory() as cache:
+        for i, tree in enumerate(trees.values() if args.bytecode else ()):
+            compile_tree(tree, os.path.join(cache, str(i)))
+        results = measure(trees, args.repeat)
     print(f"{len(os.sched_getaffinity(0))} cores, load average {load:.2f} at start, "
           f"{os.getloadavg()[0]:.2f} at end; {args.repeat} runs per tree\n")
     print(table(results))

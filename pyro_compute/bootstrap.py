@@ -1,6 +1,6 @@
 """Run a pyro_compute command without first running the package's ``__init__``.
 
-    python .../pyro_compute/bootstrap.py MODULE [ARGS...]     (MODULE: worker, naming)
+    python .../pyro_compute/bootstrap.py pyro_compute.MODULE [ARGS...]     (MODULE: worker, naming)
 
 ``import pyro_compute`` loads the whole client API (the pool, the local cluster, NumPy, tqdm), which
 LocalCluster's name server and fork server never use: skipping it saves ~0.08 CPU-s of start-up per
@@ -52,10 +52,15 @@ def light_package(root: str) -> ModuleType:
 
 
 def main() -> int:
-    """Run ``pyro_compute.MODULE.main(ARGS)``; return its exit status."""
+    """Run ``pyro_compute.MODULE.main(ARGS)``; return its exit status.
+
+    The module's full dotted name is the first argument so that ``ps`` shows it, as with ``-m``.
+    """
     light_package(os.path.dirname(os.path.abspath(__file__)))
-    module = importlib.import_module(f"{PACKAGE}.{sys.argv[1]}")
-    return int(module.main(sys.argv[2:]))
+    name = sys.argv[1]
+    if not name.startswith(f"{PACKAGE}."):
+        raise SystemExit(f"bootstrap.py: run a module of {PACKAGE}, e.g. {PACKAGE}.worker, not {name!r}")
+    return int(importlib.import_module(name).main(sys.argv[2:]))
 
 
 def _exit(code: int) -> None:

@@ -2,9 +2,10 @@
 
 ::
 
-    LocalCluster ─┬─ name server        (bootstrap.py naming: no package __init__, no NumPy)
-                  └─ fork server        (bootstrap.py worker -n N --status-fd: NumPy, Pyro4; Numba only
-                       │                 with warm_kernels, else each worker loads it on its first kernel)
+    LocalCluster ─┬─ name server    bootstrap.py pyro_compute.naming (no package __init__, no NumPy)
+                  └─ fork server    bootstrap.py pyro_compute.worker -n N --status-fd FD: NumPy, Pyro4
+                       │            (Numba and the kernels too with warm_kernels; else each worker
+                       │            loads them on its first kernel call)
                        ├─ worker .0     forked: shares the fork server's memory copy-on-write
                        └─ worker .1     ...      ``workers`` holds a Popen-like ForkedWorker for each
 
@@ -33,7 +34,6 @@ from .config import NAME_PREFIX, Settings
 from .errors import ClusterError, WorkerUnavailableError
 from .diagnose import connect_ns
 from .forked import ForkedWorker, ForkServer, WorkerProcess
-from .wire import register_wire
 
 LOCALHOST = "127.0.0.1"
 POLL = 0.01  # seconds between looks at the name server while the cluster starts
@@ -85,6 +85,7 @@ class LocalCluster:
                  env: dict[str, str] | None = None, startup_timeout: float = 60.0,
                  by_value: bool = False, warm_kernels: bool = False) -> None:
         self.n_workers = _worker_count(n_workers)
+        from .wire import register_wire  # here: NumPy's hooks, which importing this module need not load
         register_wire()  # our own name-server lookups refuse pickle before any Pool exists
         self.settings = Settings.from_env(
             {}, ns=f"{LOCALHOST}:{free_port()}",
@@ -127,7 +128,7 @@ class LocalCluster:
         # one select loop with a pre-auth budget), serpent only.
         env = {"PYRO_HMAC_KEY": self.settings.hmac_key,
                "PYRO_MAX_MESSAGE_SIZE": str(self.settings.max_message_size)}
-        self.nameserver = self._spawn("nameserver", [sys.executable, _BOOTSTRAP, "naming",
+        self.nameserver = self._spawn("nameserver", [sys.executable, _BOOTSTRAP, "pyro_compute.naming",
                                                      "-n", host, "-p", str(port)], env)
         self._ns_procs.append(self.nameserver)
         if wait:
@@ -157,7 +158,7 @@ class LocalCluster:
     def _start_fork_server(self) -> None:
         """Start the one process that warms up and forks the first ``n_workers`` workers."""
         read_fd, write_fd = os.pipe()
-        cmd = [sys.executable, _BOOTSTRAP, "worker", "--ns", self.ns, "--name",
+        cmd = [sys.executable, _BOOTSTRAP, "pyro_compute.worker", "--ns", self.ns, "--name",
                f"local.{os.getpid()}", "-n", str(self.n_workers), "--status-fd", str(write_fd),
                *self._worker_options()]
         try:

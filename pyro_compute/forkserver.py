@@ -2,8 +2,8 @@
 
 ::
 
-    LocalCluster ── python -m pyro_compute.worker -n N --status-fd FD   (one process)
-                      imports NumPy, Numba, Pyro4 and loads the kernels once, then
+    LocalCluster ── python .../bootstrap.py pyro_compute.worker -n N --status-fd FD [--lazy-kernels]   (one process)
+                      imports NumPy and Pyro4 (and Numba with the kernels, unless lazy) once, then
                       ├── fork → worker local.PID.0   (shares that memory copy-on-write)
                       └── fork → worker local.PID.1   ...
                       FD ← "fork NAME PID" / "exit PID CODE" as the workers come and go

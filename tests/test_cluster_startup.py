@@ -36,7 +36,7 @@ def _fork_server(cluster: LocalCluster) -> psutil.Process:
     parents = {psutil.Process(w.pid).ppid() for w in forked}
     assert len(parents) == 1, "every worker comes from the same fork server"
     server = psutil.Process(parents.pop())
-    assert server.ppid() == os.getpid() and "bootstrap.py worker" in " ".join(server.cmdline())
+    assert server.ppid() == os.getpid() and "pyro_compute.worker" in " ".join(server.cmdline())
     return server
 
 
