@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -77,24 +78,24 @@ print(json.dumps(out))
 '''
 
 
-BYTECODE: dict[Path, str] = {}  # tree -> PYTHONPYCACHEPREFIX holding its compiled modules (--bytecode)
-
-
 def env_for(tree: Path) -> dict[str, str]:
     """The environment of a run against ``tree``: its package first, no PYRO settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYRO")}
     env["PYTHONPATH"] = str(tree)
-    if tree in BYTECODE:
-        env["PYTHONPYCACHEPREFIX"] = BYTECODE[tree]
     return env
 
 
-def compile_tree(tree: Path, prefix: str) -> None:
-    """Compile ``tree``'s package into ``prefix``, as an installed package ships it (--bytecode)."""
-    env = {**env_for(tree), "PYTHONPYCACHEPREFIX": prefix}
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "pyro_compute")], env=env,
-                   check=True, timeout=300, stdout=subprocess.DEVNULL)
-    BYTECODE[tree] = prefix
+def compiled_copy(tree: Path, into: Path) -> Path:
+    """A copy of ``tree``'s package with its modules compiled, as an installed package ships (--bytecode).
+
+    A copy, because PYTHONPYCACHEPREFIX would move the bytecode of the standard library and
+    site-packages too, and the trees themselves are left as they are.
+    """
+    shutil.copytree(tree / "pyro_compute", into / "pyro_compute",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(into / "pyro_compute")],
+                   env=env_for(into), check=True, timeout=300, stdout=subprocess.DEVNULL)
+    return into
 
 
 def probe(tree: Path) -> dict[str, float]:
@@ -165,9 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.against:
         trees = {f"{args.against}": args.against.resolve(), **trees}
     load = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory() as cache:
-        for i, tree in enumerate(trees.values() if args.bytecode else ()):
-            compile_tree(tree, os.path.join(cache, str(i)))
+    with tempfile.TemporaryDirectory() as copies:
+        if args.bytecode:
+            trees = {label: compiled_copy(tree, Path(copies) / str(i))
+                     for i, (label, tree) in enumerate(trees.items())}
         results = measure(trees, args.repeat)
     print(f"{len(os.sched_getaffinity(0))} cores, load average {load:.2f} at start, "
           f"{os.getloadavg()[0]:.2f} at end; {args.repeat} runs per tree\n")
