@@ -31,6 +31,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 # tasks never loads it. Until then each kernel below is a _Pending placeholder.
 _PENDING: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {}
 _LOADING = threading.RLock()
+_WARM = False  # set once warm_up has loaded every kernel
 
 
 class _Pending:
@@ -58,8 +59,8 @@ def njit(**options: Any) -> Callable[[F], F]:
 
 def _jitted(name: str) -> Any:
     """The Numba dispatcher of kernel ``name``, loading and warming every kernel the first time."""
-    if _PENDING:
-        warm_up()
+    if not _WARM:
+        warm_up()  # a second caller meanwhile waits for the first one's warm-up
     return globals()[name]
 
 
@@ -196,12 +197,15 @@ def warm_up() -> None:
     """Compile (or load from cache) every kernel so the first real call is fast."""
     # The Evaluator passes seeds as np.uint64; warming with an int seed would compile
     # (int64, int64) and leave the signature real calls use to the first caller.
-    load()
-    seed = np.uint64(1)
-    with _without_scipy():
-        pi_hits(LANES + 1, seed)
-    box = np.zeros(1), np.ones(1)
-    integrate(0, 2, seed, *box)
+    global _WARM
+    with _LOADING:  # one thread at a time: _without_scipy edits sys.modules
+        load()
+        seed = np.uint64(1)
+        with _without_scipy():
+            pi_hits(LANES + 1, seed)
+        box = np.zeros(1), np.ones(1)
+        integrate(0, 2, seed, *box)
+        _WARM = True
 
 
 @contextlib.contextmanager
