@@ -22,6 +22,7 @@ import importlib.util  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
+import threading  # noqa: E402
 from types import ModuleType  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -38,13 +39,24 @@ def light_package(root: str) -> ModuleType:
         found = re.search(r'^__version__ = "([^"]+)"', f.read(), re.MULTILINE)
     setattr(package, "__version__", found.group(1) if found else "unknown")
 
+    lock, state = threading.RLock(), {"done": False, "running": False}
+
     def complete(name: str) -> Any:
         """PEP 562 hook: a submodule by that name, or else the attribute of the real package."""
         if importlib.util.find_spec(f"{PACKAGE}.{name}") is not None:
             return importlib.import_module(f"{PACKAGE}.{name}")
-        del package.__dict__["__getattr__"]
-        spec.loader.exec_module(package)  # type: ignore[union-attr]  # checked above
-        return getattr(package, name)
+        with lock:  # another thread asking meanwhile waits for the whole __init__, not half of it
+            if not state["done"] and not state["running"]:
+                state["running"] = True  # names the __init__ itself looks up are simply missing
+                try:
+                    spec.loader.exec_module(package)  # type: ignore[union-attr]  # checked above
+                finally:
+                    state["running"] = False
+                state["done"] = True
+                del package.__dict__["__getattr__"]
+        if name in package.__dict__:
+            return package.__dict__[name]
+        raise AttributeError(f"module {PACKAGE!r} has no attribute {name!r}")
 
     setattr(package, "__getattr__", complete)
     sys.modules[PACKAGE] = package
