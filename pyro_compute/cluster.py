@@ -223,7 +223,9 @@ class LocalCluster:
         """
         deadline = time.monotonic() + self.startup_timeout
         self._collect_forked()
-        watched = [p for p in self._stoppable if p.poll() is None]  # not those stopped before
+        # Every process while the cluster starts (the fork server may fail before the name server
+        # answers); later, not those stopped before (tests stop workers, then start more).
+        watched = [p for p in self._stoppable if not self._started or p.poll() is None]
         while True:
             new = self._collect_forked()
             # Until the fork server has forked them all, its pipe says more than the name server
