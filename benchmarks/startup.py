@@ -1,6 +1,6 @@
 """Start-up and memory, phase by phase: ``LocalCluster(2)`` + ``Pool`` and the script launcher.
 
-    python -m benchmarks.startup [--repeat N] [--against DIR]
+    python -m benchmarks.startup [--repeat N] [--against DIR] [--bytecode]
 
 Every run happens in a fresh Python whose ``PYTHONPATH`` is this tree (or ``--against DIR``, e.g. a
 ``git archive`` of an older commit), so two versions are measured side by side, interleaved. PSS is
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -84,6 +85,19 @@ def env_for(tree: Path) -> dict[str, str]:
     return env
 
 
+def compiled_copy(tree: Path, into: Path) -> Path:
+    """A copy of ``tree``'s package with its modules compiled, as an installed package ships (--bytecode).
+
+    A copy, because PYTHONPYCACHEPREFIX would move the bytecode of the standard library and
+    site-packages too, and the trees themselves are left as they are.
+    """
+    shutil.copytree(tree / "pyro_compute", into / "pyro_compute",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(into / "pyro_compute")],
+                   env=env_for(into), check=True, timeout=300, stdout=subprocess.DEVNULL)
+    return into
+
+
 def probe(tree: Path) -> dict[str, float]:
     """One cluster start in a fresh Python, phase by phase."""
     out = subprocess.run([sys.executable, "-c", PROBE], env=env_for(tree), capture_output=True,
@@ -144,12 +158,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per tree (median taken)")
     parser.add_argument("--against", type=Path, help="another tree (a checkout) to measure beside this one")
     parser.add_argument("--json", action="store_true", help="print every run as JSON too")
+    parser.add_argument("--bytecode", action="store_true",
+                        help="run from compiled bytecode, as an installed package does, even where "
+                             "PYTHONDONTWRITEBYTECODE=1 would make every process compile the sources")
     args = parser.parse_args(argv)
     trees = {"this tree": HERE}
     if args.against:
         trees = {f"{args.against}": args.against.resolve(), **trees}
     load = os.getloadavg()[0]
-    results = measure(trees, args.repeat)
+    with tempfile.TemporaryDirectory() as copies:
+        if args.bytecode:
+            trees = {label: compiled_copy(tree, Path(copies) / str(i))
+                     for i, (label, tree) in enumerate(trees.items())}
+        results = measure(trees, args.repeat)
     print(f"{len(os.sched_getaffinity(0))} cores, load average {load:.2f} at start, "
           f"{os.getloadavg()[0]:.2f} at end; {args.repeat} runs per tree\n")
     print(table(results))

@@ -2,15 +2,18 @@
 
 ::
 
-    LocalCluster ─┬─ name server        (pyro_compute.naming without the package __init__: no NumPy)
-                  └─ fork server        (compute-worker -n N --status-fd: warms the kernels once)
-                       ├─ worker .0     forked: shares the warm memory copy-on-write
+    LocalCluster ─┬─ name server    bootstrap.py pyro_compute.naming (no package __init__, no NumPy)
+                  └─ fork server    bootstrap.py pyro_compute.worker -n N --status-fd FD: NumPy, Pyro4
+                       │            (Numba and the kernels too with warm_kernels; else each worker
+                       │            loads them on its first kernel call)
+                       ├─ worker .0     forked: shares the fork server's memory copy-on-write
                        └─ worker .1     ...      ``workers`` holds a Popen-like ForkedWorker for each
 
 Workers added later with ``start_worker`` are separate ``compute-worker`` processes, as before.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -31,17 +34,14 @@ from .config import NAME_PREFIX, Settings
 from .errors import ClusterError, WorkerUnavailableError
 from .diagnose import connect_ns
 from .forked import ForkedWorker, ForkServer, WorkerProcess
-from .wire import register_wire
 
 LOCALHOST = "127.0.0.1"
 POLL = 0.01  # seconds between looks at the name server while the cluster starts
 log = logging.getLogger(__name__)
-# Runs pyro_compute.naming without the package's __init__, which imports the client API (NumPy,
-# tqdm, the pool): the name server needs Pyro4 and five small modules, so it answers sooner and
-# holds a third of the memory. argv[1] is the package's directory.
-_LIGHT_NAMESERVER = ("import sys, types; package = types.ModuleType('pyro_compute'); "
-                     "package.__path__ = [sys.argv.pop(1)]; sys.modules['pyro_compute'] = package; "
-                     "from pyro_compute.naming import main; sys.exit(main())")
+# The name server and the fork server run through bootstrap.py, without the package's __init__
+# (the client API: the pool, tqdm, ...); the name server then never imports NumPy either.
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+_BOOTSTRAP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bootstrap.py")
 
 
 def free_port() -> int:
@@ -54,7 +54,8 @@ def free_port() -> int:
 class LocalCluster:
     """Start a Pyro4 name server and ``n_workers`` workers as child processes; stop them on close.
 
-    The workers are forked from one process that loaded NumPy, Numba and the kernels once; each
+    The workers are forked from one process that loaded NumPy and Pyro4 once (and Numba with the
+    kernels, with ``warm_kernels``); each
     has a handle in ``workers`` (``pid``, ``poll``, ``wait``, ``terminate``, ``kill``,
     ``send_signal``, as ``subprocess.Popen``). A worker that dies is not restarted.
 
@@ -63,9 +64,15 @@ class LocalCluster:
         hmac_key: shared secret; a random one is generated when None.
         script: a script whose functions the workers may run as ``__main__``.
         allow_modules: further modules whose functions the workers may run.
-        env: extra environment variables for every child.
+        env: extra environment variables for every child. Workers get ``OMP_NUM_THREADS``,
+            ``OPENBLAS_NUM_THREADS`` and ``MKL_NUM_THREADS`` = cores // n_workers unless set here
+            or in the environment.
         startup_timeout: seconds to wait until every worker is registered.
         by_value: let workers accept cloudpickled functions (``--allow-by-value``).
+        warm_kernels: load Numba and the kernels in the fork server before forking, so the workers
+            share them copy-on-write (~60 MiB less per worker once kernels ran; start-up 0.3 s
+            later). By default each worker loads them on its first kernel call (0.3 s then), and a
+            cluster that runs only tasks never loads Numba.
 
     Raises:
         ValueError: n_workers is zero or negative.
@@ -76,8 +83,9 @@ class LocalCluster:
     def __init__(self, n_workers: int | None = None, *, hmac_key: str | None = None,
                  script: str | None = None, allow_modules: Sequence[str] = (),
                  env: dict[str, str] | None = None, startup_timeout: float = 60.0,
-                 by_value: bool = False) -> None:
+                 by_value: bool = False, warm_kernels: bool = False) -> None:
         self.n_workers = _worker_count(n_workers)
+        from .wire import register_wire  # here: NumPy's hooks, which importing this module need not load
         register_wire()  # our own name-server lookups refuse pickle before any Pool exists
         self.settings = Settings.from_env(
             {}, ns=f"{LOCALHOST}:{free_port()}",
@@ -86,6 +94,7 @@ class LocalCluster:
         self.script = os.path.abspath(script) if script else None
         self.startup_timeout = startup_timeout
         self.by_value = by_value
+        self.warm_kernels = warm_kernels
         self._env = dict(env or {})
         self._logdir = tempfile.TemporaryDirectory(prefix="pyro-compute-")
         self.nameserver: subprocess.Popen[bytes] | None = None
@@ -94,12 +103,14 @@ class LocalCluster:
         self._stoppable: list[WorkerProcess] = []  # the fork server, then every worker
         self._forked: ForkServer | None = None
         self._count = 0
+        self._started = False  # the first n_workers have registered
         self._finalizer = weakref.finalize(self, terminate, self._stoppable, self._ns_procs)
         try:
             self._start_fork_server()  # first: its import and warm-up are the longest part
             self.start_nameserver(wait=False)  # up long before the first worker registers
             self._wait_for_nameserver()
             self.wait_for_workers(self.n_workers)
+            self._started = True
             log.info("local cluster up: name server %s, %d workers", self.ns, self.n_workers)
         except BaseException:
             self.close()
@@ -117,8 +128,7 @@ class LocalCluster:
         # one select loop with a pre-auth budget), serpent only.
         env = {"PYRO_HMAC_KEY": self.settings.hmac_key,
                "PYRO_MAX_MESSAGE_SIZE": str(self.settings.max_message_size)}
-        package = os.path.dirname(os.path.abspath(__file__))
-        self.nameserver = self._spawn("nameserver", [sys.executable, "-c", _LIGHT_NAMESERVER, package,
+        self.nameserver = self._spawn("nameserver", [sys.executable, _BOOTSTRAP, "pyro_compute.naming",
                                                      "-n", host, "-p", str(port)], env)
         self._ns_procs.append(self.nameserver)
         if wait:
@@ -148,7 +158,7 @@ class LocalCluster:
     def _start_fork_server(self) -> None:
         """Start the one process that warms up and forks the first ``n_workers`` workers."""
         read_fd, write_fd = os.pipe()
-        cmd = [sys.executable, "-m", "pyro_compute.worker", "--ns", self.ns, "--name",
+        cmd = [sys.executable, _BOOTSTRAP, "pyro_compute.worker", "--ns", self.ns, "--name",
                f"local.{os.getpid()}", "-n", str(self.n_workers), "--status-fd", str(write_fd),
                *self._worker_options()]
         try:
@@ -176,12 +186,21 @@ class LocalCluster:
         return proc
 
     def _worker_options(self) -> list[str]:
-        return (["--script", self.script] if self.script else []) + (
-            ["--allow-by-value"] if self.by_value else [])
+        return ((["--script", self.script] if self.script else [])
+                + (["--allow-by-value"] if self.by_value else [])
+                + ([] if self.warm_kernels else ["--lazy-kernels"]))
 
     def _worker_env(self) -> dict[str, str]:
-        return {k: v for k, v in self.settings.as_env().items()
-                if k in ("PYRO_COMPUTE_HMAC_KEY", "PYRO_COMPUTE_ALLOW_MODULES")}
+        env = {k: v for k, v in self.settings.as_env().items()
+               if k in ("PYRO_COMPUTE_HMAC_KEY", "PYRO_COMPUTE_ALLOW_MODULES")}
+        # The workers share the cores already: BLAS/OpenMP threads sized for the whole machine in
+        # each would oversubscribe them (Dask's workers do the same); creating them also costs
+        # every NumPy import ~0.03 CPU-s. A value the caller or the environment sets wins.
+        threads = str(max(1, _cores() // self.n_workers))
+        for var in _THREAD_VARS:
+            if var not in os.environ and var not in self._env:
+                env[var] = threads
+        return env
 
     def _collect_forked(self) -> list[ForkedWorker]:
         """Add a handle to ``workers`` for each worker the fork server reported since the last look."""
@@ -204,7 +223,9 @@ class LocalCluster:
         """
         deadline = time.monotonic() + self.startup_timeout
         self._collect_forked()
-        watched = [p for p in self._stoppable if p.poll() is None]  # not those stopped before
+        # Every process while the cluster starts (the fork server may fail before the name server
+        # answers); later, not those stopped before (tests stop workers, then start more).
+        watched = [p for p in self._stoppable if not self._started or p.poll() is None]
         while True:
             new = self._collect_forked()
             # Until the fork server has forked them all, its pipe says more than the name server
@@ -253,9 +274,20 @@ class LocalCluster:
     def _check_alive(self, proc: WorkerProcess, what: str) -> None:
         if proc.poll() is None or proc.returncode in (-signal.SIGTERM, -signal.SIGKILL):
             return
+        if isinstance(proc, ForkedWorker) and self._forked is not None and not self._started:
+            # A child that fails to start is reported before the fork server logs why, then exits.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._forked.process.wait(timeout=5)
         logs = sorted(Path(self._logdir.name).glob("*.log"))
         tail = "\n".join(p.read_text(errors="replace")[-2000:] for p in logs if p.stat().st_size)
         raise ClusterError(f"{what} exited with status {proc.returncode} while starting:\n{tail}")
+
+
+def _cores() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def _worker_count(n_workers: int | None) -> int:

@@ -2,8 +2,8 @@
 
 ::
 
-    LocalCluster ── python -m pyro_compute.worker -n N --status-fd FD   (one process)
-                      imports NumPy, Numba, Pyro4 and loads the kernels once, then
+    LocalCluster ── python .../bootstrap.py pyro_compute.worker -n N --status-fd FD [--lazy-kernels]   (one process)
+                      imports NumPy and Pyro4 (and Numba with the kernels, unless lazy) once, then
                       ├── fork → worker local.PID.0   (shares that memory copy-on-write)
                       └── fork → worker local.PID.1   ...
                       FD ← "fork NAME PID" / "exit PID CODE" as the workers come and go
@@ -46,7 +46,7 @@ class StatusPipe:
 
 
 def serve_for_cluster(settings: Settings, count: int, name: str | None, script: str | None,
-                      by_value: bool, status_fd: int) -> NoReturn:
+                      by_value: bool, status_fd: int, warm: bool = True) -> NoReturn:
     """Warm up, fork ``count`` workers that are not restarted, report them on ``status_fd``; serve until SIGTERM.
 
     Exits the process: once its workers have stopped, the fork server has nothing left to clean up,
@@ -56,7 +56,7 @@ def serve_for_cluster(settings: Settings, count: int, name: str | None, script: 
     code = 1
     try:
         code = serve_many(settings, count, name=name, script=script, by_value=by_value,
-                          restart=False, report=status.write)
+                          restart=False, report=status.write, warm=warm)
     finally:
         status.close()
         logging.shutdown()

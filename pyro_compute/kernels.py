@@ -7,12 +7,16 @@ is exact integer arithmetic, so results are bit-identical on every x86-64 machin
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 import sys
-from typing import Iterator, Union
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar, Union
 
 import numpy as np
-from numba import int64, njit, uint64
+
+if TYPE_CHECKING:
+    from numba import int64, uint64
 
 LANES = 32
 INTEGRANDS = ("gaussian", "ball", "sin_product", "sum_squares")
@@ -21,6 +25,63 @@ _RADIUS_SQ = 1 << (2 * _COORD_BITS)  # the unit circle on a 2**31 grid
 _DOUBLE_UNIT = 1.0 / (1 << 53)
 U64 = np.uint64
 Seed = Union[int, np.uint64]
+F = TypeVar("F", bound=Callable[..., Any])
+# Numba costs a process 0.3 CPU-s and ~60 MiB to import and load the cached kernels, so it is
+# imported on the first kernel call (or warm_up), not with this module: a worker that only runs
+# tasks never loads it. Until then each kernel below is a _Pending placeholder.
+_PENDING: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {}
+_LOADING = threading.RLock()
+_WARM = False  # set once warm_up has loaded every kernel
+
+
+class _Pending:
+    """A kernel before Numba is loaded: the first call (or attribute lookup) loads every kernel."""
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        self.__name__ = func.__name__
+        self.__doc__ = func.__doc__
+        self.py_func = func
+
+    def __call__(self, *args: Any) -> Any:
+        return _jitted(self.__name__)(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_jitted(self.__name__), name)
+
+
+def njit(**options: Any) -> Callable[[F], F]:
+    """``numba.njit(**options)``, applied when the first kernel runs rather than at import."""
+    def pending(func: F) -> F:
+        _PENDING[func.__name__] = (func, options)
+        return _Pending(func)  # type: ignore[return-value]  # calls through to the dispatcher
+    return pending
+
+
+def _jitted(name: str) -> Any:
+    """The Numba dispatcher of kernel ``name``, loading and warming every kernel the first time."""
+    if not _WARM:
+        warm_up()  # a second caller meanwhile waits for the first one's warm-up
+    return globals()[name]
+
+
+def load() -> None:
+    """Import Numba and turn every kernel into its dispatcher (once; thread-safe).
+
+    All at once: a kernel's compiler resolves the kernels it calls from this module's globals.
+    """
+    with _LOADING:
+        if not _PENDING:
+            return
+        numba = importlib.import_module("numba")
+        globals().update(int64=numba.int64, uint64=numba.uint64)
+        for name, (func, options) in _PENDING.items():
+            globals()[name] = numba.njit(**options)(func)
+        _PENDING.clear()
+
+
+def loaded() -> bool:
+    """Whether Numba and the kernels are loaded in this process."""
+    return not _PENDING
 
 
 @njit(inline="always")
@@ -136,11 +197,15 @@ def warm_up() -> None:
     """Compile (or load from cache) every kernel so the first real call is fast."""
     # The Evaluator passes seeds as np.uint64; warming with an int seed would compile
     # (int64, int64) and leave the signature real calls use to the first caller.
-    seed = np.uint64(1)
-    with _without_scipy():
-        pi_hits(LANES + 1, seed)
-    box = np.zeros(1), np.ones(1)
-    integrate(0, 2, seed, *box)
+    global _WARM
+    with _LOADING:  # one thread at a time: _without_scipy edits sys.modules
+        load()
+        seed = np.uint64(1)
+        with _without_scipy():
+            pi_hits(LANES + 1, seed)
+        box = np.zeros(1), np.ones(1)
+        integrate(0, 2, seed, *box)
+        _WARM = True
 
 
 @contextlib.contextmanager

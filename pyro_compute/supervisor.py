@@ -100,11 +100,14 @@ class Supervisor:
         restart_delay: seconds before a crashed child is forked again; doubles while it keeps crashing.
         restart: False leaves a child that died dead (LocalCluster: tests kill workers on purpose).
         report: called with ``fork NAME PID`` and ``exit PID CODE`` as children come and go.
+        warm: load Numba and the kernels before forking, so every child shares them copy-on-write;
+            False forks at once and each child loads them on its first kernel call.
     """
 
     def __init__(self, settings: Settings, count: int, name: str | None = None, port: int = 0,
                  script: str | None = None, by_value: bool = False, restart_delay: float = 0.5,
-                 restart: bool = True, report: Callable[[str], None] | None = None) -> None:
+                 restart: bool = True, report: Callable[[str], None] | None = None,
+                 warm: bool = True) -> None:
         if count < 1:
             raise ConfigError(f"a supervisor needs at least one worker, not {count}")
         base = name or f"{socket.gethostname()}.{os.getpid()}"
@@ -113,6 +116,7 @@ class Supervisor:
         self.by_value = by_value
         self.restart_delay = restart_delay
         self.restart = restart
+        self.warm = warm
         self._report = report or (lambda _: None)
         self.slots = [_Slot(i, f"{base}.{i}", port + i if port else 0, delay=restart_delay)
                       for i in range(count)]
@@ -129,7 +133,8 @@ class Supervisor:
         Raises:
             ComputeError: a worker could not start (its reason is in the message); the others are stopped.
         """
-        kernels.warm_up()
+        if self.warm:
+            kernels.warm_up()
         pipes: list[int] = []
         try:
             pipes += [self._fork(slot) for slot in self.slots]
@@ -186,12 +191,14 @@ class Supervisor:
         for slot in self.slots:
             if slot.pid:
                 _signal(slot.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
+        deadline, nap = time.monotonic() + timeout, 0.002
         while self.pids and time.monotonic() < deadline:
             for slot in self.slots:
                 if slot.pid:
                     self._reaped(slot)
-            time.sleep(0.05)
+            if self.pids:  # idle children stop in ~10 ms; one finishing a batch may take seconds
+                time.sleep(nap)
+                nap = min(nap * 2, 0.05)
         for slot in self.slots:
             if slot.pid:
                 log.warning("worker %s (pid %d) did not stop in %.0f s; killing it", slot.name, slot.pid, timeout)
@@ -294,7 +301,7 @@ class Supervisor:
             _die_with_parent(self._parent)
             _close_quietly(self._wake_r)
             _close_quietly(self._wake_w)
-            worker = _ChildWorker(self.settings, slot, self.script, self.by_value, mask)
+            worker = _ChildWorker(self.settings, slot, self.script, self.by_value, mask, self.warm)
             os.write(fd, f"ready {worker.worker.uri}\n".encode())
             os.close(fd)
             fd = -1
@@ -331,11 +338,12 @@ class _ChildWorker:
     """The Worker of one forked child, with SIGTERM/SIGINT handlers that stop it."""
 
     def __init__(self, settings: Settings, slot: _Slot, script: str | None, by_value: bool,
-                 mask: Iterable[int]) -> None:
+                 mask: Iterable[int], warm: bool) -> None:
         self._stopping = False
         _handle_signals(self._on_signal)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a SIGTERM that came meanwhile lands here
-        self.worker = Worker(settings, name=slot.name, port=slot.port, script=script, by_value=by_value)
+        self.worker = Worker(settings, name=slot.name, port=slot.port, script=script, by_value=by_value,
+                             warm=warm)
         if self._stopping:
             raise SystemExit(0)
 

@@ -83,7 +83,7 @@ class Worker:
     """One Pyro4 daemon hosting one Evaluator, registered in the name server while it serves."""
 
     def __init__(self, settings: Settings, name: str | None = None, port: int = 0,
-                 script: str | None = None, by_value: bool = False) -> None:
+                 script: str | None = None, by_value: bool = False, warm: bool = True) -> None:
         self.settings = settings
         self.name = NAME_PREFIX + (name or f"{socket.gethostname()}.{os.getpid()}")
         # A plain flag for signal handlers (an Event's lock taken twice by nested handlers
@@ -98,7 +98,8 @@ class Worker:
         resolver = Resolver(settings.allowed_modules, script, by_value)
         self._busy = threading.Lock()
         self.evaluator = Evaluator(resolver, self.name, self._busy)
-        kernels.warm_up()
+        if warm:  # else Numba loads on the first kernel call (kernels.py)
+            kernels.warm_up()
         try:
             self.daemon = GuardedDaemon(host=settings.host, port=port, idle_timeout=settings.idle_timeout)
         except OSError as e:
@@ -259,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hmac-key-file", help="file holding the shared secret")
     p.add_argument("--insecure", action="store_true",
                    help="serve without a secret (anyone who can connect may call); loopback only")
+    p.add_argument("--lazy-kernels", action="store_true",
+                   help="load Numba and the kernels on the first kernel call instead of before "
+                        "serving: starts 0.3 s sooner, but with -n N each worker loads its own copy")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log debug messages")
     # LocalCluster's: fork -n workers that are not restarted, report them on this pipe (forkserver.py).
     p.add_argument("--status-fd", type=int, default=-1, help=argparse.SUPPRESS)
@@ -295,12 +299,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.status_fd >= 0:
         from .forkserver import serve_for_cluster
         serve_for_cluster(settings, args.workers or 1, args.name, args.script, args.allow_by_value,
-                          args.status_fd)
+                          args.status_fd, warm=not args.lazy_kernels)
     if (args.workers or 1) > 1:
         return supervisor.serve_many(settings, args.workers, name=args.name, port=args.port,
-                                     script=args.script, by_value=args.allow_by_value)
+                                     script=args.script, by_value=args.allow_by_value,
+                                     warm=not args.lazy_kernels)
     worker = Worker(settings, name=args.name, port=args.port, script=args.script,
-                    by_value=args.allow_by_value)
+                    by_value=args.allow_by_value, warm=not args.lazy_kernels)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker.stop())
     print(f"ready {worker.name} {worker.uri}", flush=True)

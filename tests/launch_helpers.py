@@ -152,3 +152,14 @@ def kill_all(procs: Iterator[psutil.Process] | list[psutil.Process]) -> None:
 def pss(procs: list[psutil.Process]) -> int:
     """Proportional set size of the processes together, in bytes."""
     return sum(p.memory_full_info().pss for p in procs)
+
+
+def package_attribute(name: str) -> str:
+    """A task: the type name of ``pyro_compute.NAME``, looked up on the package as user code does."""
+    import pyro_compute
+    return type(getattr(pyro_compute, name)).__name__
+
+
+def env_var(name: str) -> str | None:
+    """A task: the value of environment variable ``name`` in the worker."""
+    return os.environ.get(name)

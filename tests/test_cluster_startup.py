@@ -8,13 +8,16 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import psutil
+import Pyro4
 import pytest
 
 from conftest import children
+import launch_helpers
 from launch_helpers import child_env
 import remote_tasks
-from pyro_compute import Pool
+from pyro_compute import Pool, kernels, tasks
 from pyro_compute.cluster import ForkedWorker, LocalCluster
 from pyro_compute.errors import ClusterError
 
@@ -26,18 +29,70 @@ def _mapped(pid: int, part: str) -> bool:
     return any(part in m.path for m in psutil.Process(pid).memory_maps(grouped=True))
 
 
-def test_workers_are_forked_from_one_warmed_process_and_share_its_memory(cluster: LocalCluster) -> None:
+def _fork_server(cluster: LocalCluster) -> psutil.Process:
+    """The one process every ForkedWorker of ``cluster`` came from."""
     forked = [w for w in cluster.workers if isinstance(w, ForkedWorker)]
     assert len(forked) >= 2
     parents = {psutil.Process(w.pid).ppid() for w in forked}
     assert len(parents) == 1, "every worker comes from the same fork server"
     server = psutil.Process(parents.pop())
     assert server.ppid() == os.getpid() and "pyro_compute.worker" in " ".join(server.cmdline())
-    assert _mapped(server.pid, "llvmlite"), "the fork server warmed the kernels before forking"
-    for w in forked:
-        mem = psutil.Process(w.pid).memory_full_info()
-        # A separately started worker holds ~70 MiB of its own (USS); a forked one shares most.
-        assert mem.uss < 0.5 * mem.rss, (w, mem)
+    return server
+
+
+def _pi_hits_on(uri: str, key: bytes | None) -> int:
+    """Run the pi_hits kernel on the worker at ``uri`` itself (not through a pool's choice)."""
+    with Pyro4.Proxy(uri) as proxy:
+        proxy._pyroHmacKey = key
+        proxy._pyroTimeout = T
+        return int(proxy.pi_hits(10_001, 7))
+
+
+def test_numba_loads_only_in_the_workers_that_run_a_kernel() -> None:
+    with LocalCluster(2) as c, Pool(cluster=c) as pool:
+        server = _fork_server(c)
+        assert pool.submit(tasks.noop).result(timeout=T) is None
+        for pid in (server.pid, *(w.pid for w in c.workers)):
+            assert not _mapped(pid, "llvmlite"), "no kernel ran, so no process loaded Numba"
+        uris = list(c.registered().values())
+        expected = kernels.pi_hits(10_001, np.uint64(7))
+        assert [_pi_hits_on(uri, c.settings.hmac_bytes) for uri in uris] == [expected] * 2
+        assert all(_mapped(w.pid, "llvmlite") for w in c.workers), "each worker loaded the kernels"
+        assert not _mapped(server.pid, "llvmlite")
+        info = pool.submit(tasks.noop)  # the workers still serve tasks after loading
+        assert info.result(timeout=T) is None
+
+
+def test_warm_kernels_are_loaded_once_and_shared_by_the_forked_workers() -> None:
+    with LocalCluster(2, warm_kernels=True) as c:
+        server = _fork_server(c)
+        assert _mapped(server.pid, "llvmlite"), "the fork server warmed the kernels before forking"
+        expected = kernels.pi_hits(10_001, np.uint64(7))
+        for uri in c.registered().values():
+            assert _pi_hits_on(uri, c.settings.hmac_bytes) == expected
+        for w in c.workers:
+            mem = psutil.Process(w.pid).memory_full_info()
+            # A separately started worker holds ~70 MiB of its own (USS); a forked one shares most.
+            assert mem.uss < 0.5 * mem.rss, (w, mem)
+
+
+def test_workers_register_with_their_kernels_before_loading_numba(cluster: LocalCluster) -> None:
+    server = _fork_server(cluster)
+    assert not _mapped(server.pid, "llvmlite"), "the default fork server does not load Numba"
+    key = cluster.settings.hmac_bytes
+    with Pyro4.locateNS(*cluster.settings.ns_address, hmac_key=key) as ns:
+        metadata = ns.list(prefix="pyro_compute.evaluator.", return_metadata=True)
+    assert metadata and all("kernels:pi_hits,integrate" in meta for _, meta in metadata.values())
+
+
+def test_the_fork_server_skips_the_package_init_yet_tasks_get_the_whole_package() -> None:
+    with LocalCluster(2, allow_modules=["remote_tasks", "launch_helpers"], env=child_env()) as c, \
+            Pool(cluster=c) as pool:
+        assert pool.submit(remote_tasks.loaded, "pyro_compute.pool").result(timeout=T) is False
+        assert pool.submit(remote_tasks.loaded, "tqdm").result(timeout=T) is False
+        # The first attribute the light package lacks runs the real __init__ in the worker.
+        assert pool.submit(launch_helpers.package_attribute, "Pool").result(timeout=T) == "type"
+        assert pool.submit(launch_helpers.package_attribute, "__version__").result(timeout=T) == "str"
 
 
 def test_the_name_server_loads_neither_numpy_nor_numba(cluster: LocalCluster) -> None:
@@ -106,3 +161,57 @@ def test_warm_up_skips_scipy_yet_njit_code_with_blas_still_works() -> None:
                          env=child_env())
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "(6.0, 6.0, 1.0)"
+
+
+LAZY = """
+import sys, threading
+import numpy as np
+from pyro_compute import kernels, worker
+assert "numba" not in sys.modules, "importing the worker does not import Numba"
+firsts = []  # four threads make the first call at once: one loads, the others wait for it
+threads = [threading.Thread(target=lambda: firsts.append(kernels.pi_hits(1001, np.uint64(9)))) for _ in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+assert "numba" in sys.modules and kernels.loaded() and "scipy.linalg" not in sys.modules
+print(firsts == [kernels.pi_hits(1001, np.uint64(9))] * 4, firsts[0] > 700, type(kernels.pi_hits).__name__)
+"""
+
+
+def test_the_kernels_import_numba_on_their_first_call() -> None:
+    out = subprocess.run([sys.executable, "-c", LAZY], capture_output=True, text=True, timeout=300,
+                         env=child_env())
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True", "CPUDispatcher"]
+
+
+LIGHT = """
+import os, sys, threading
+import pyro_compute.bootstrap as bootstrap  # imported normally here, then replaced by the light package
+root = os.path.dirname(bootstrap.__file__)
+for name in [m for m in sys.modules if m == "pyro_compute" or m.startswith("pyro_compute.")]:
+    del sys.modules[name]
+package = bootstrap.light_package(root)
+import pyro_compute
+assert pyro_compute is package and "pyro_compute.pool" not in sys.modules and pyro_compute.__version__
+from pyro_compute import config  # a submodule: the __init__ still has not run
+assert "pyro_compute.pool" not in sys.modules
+names = []  # eight threads ask for a name of the __init__ at once: each gets it, none sees half a package
+threads = [threading.Thread(target=lambda: names.append(pyro_compute.Pool.__name__)) for _ in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+try:
+    pyro_compute.no_such_name
+except AttributeError as e:
+    print(names == ["Pool"] * 8, "no_such_name" in str(e), pyro_compute.__all__ is not None)
+"""
+
+
+def test_the_light_package_completes_itself_once_for_every_thread() -> None:
+    out = subprocess.run([sys.executable, "-c", LIGHT], capture_output=True, text=True, timeout=120,
+                         env=child_env())
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True", "True"]

@@ -403,3 +403,36 @@ def test_worker_started_before_the_name_server_registers_when_it_appears(procs: 
     assert worker.poll() is None, procs.log_tail()
     procs.start_nameserver()
     procs.wait_registered("early", timeout=10)
+
+
+# -- when Numba loads (issue 12 item 5) ------------------------------------------------------------
+
+def _maps_numba(pid: int) -> bool:
+    return any("llvmlite" in m.path for m in psutil.Process(pid).memory_maps(grouped=True))
+
+
+def test_a_worker_warms_its_kernels_before_serving_unless_told_to_load_them_lazily(procs: Processes) -> None:
+    procs.start_nameserver()
+    warm = procs.start_worker("warm")
+    lazy = procs.start_worker("lazy", "--lazy-kernels")
+    uri_warm, _ = procs.wait_registered("warm")
+    uri_lazy, meta_lazy = procs.wait_registered("lazy")
+    assert "kernels:pi_hits,integrate" in meta_lazy, "a lazy worker still offers every kernel"
+    assert _maps_numba(warm.pid) and not _maps_numba(lazy.pid)
+    expected = kernels.pi_hits(20_001, np.uint64(5))
+    with proxy(uri_lazy, procs.key_bytes) as p:
+        assert p.info()["kernels"] == ["pi_hits", "integrate"]
+        assert not _maps_numba(lazy.pid), "info() does not load Numba"
+        assert p.pi_hits(20_001, 5) == expected
+        assert p.integrate("ball", 1000, 5)["n"] == 1000
+    with proxy(uri_warm, procs.key_bytes) as p:
+        assert p.pi_hits(20_001, 5) == expected
+    assert _maps_numba(lazy.pid), "the first kernel call loaded Numba"
+
+
+def test_supervised_workers_share_the_warm_kernels_by_default(procs: Processes) -> None:
+    procs.start_nameserver()
+    supervisor = procs.start_worker("many", "-n", "2")
+    for i in range(2):
+        procs.wait_registered(f"many.{i}")
+    assert _maps_numba(supervisor.pid), "compute-worker -n N warms before forking"
