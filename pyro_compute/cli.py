@@ -201,9 +201,11 @@ def _pool(args: argparse.Namespace, script: str | None = None,
             yield pool
         return
     # The launcher's own cluster: per-run secret, loopback, every process the user's: lambdas,
-    # closures, partials and objects of script classes (as arguments) travel by value. Results
-    # stay plain data: a client never decodes pickle from the wire. --ns keeps by-value opt-in.
-    with LocalCluster(args.workers, script=script, by_value=True) as cluster, \
+    # closures, partials and objects of script classes travel by value (results come back as
+    # plain data: a client never decodes pickle from the wire). --ns keeps by-value opt-in.
+    # Kernel commands (no script) get one warm copy of the kernels shared by every worker;
+    # a script's workers load Numba only if a kernel runs.
+    with LocalCluster(args.workers, script=script, by_value=True, warm_kernels=script is None) as cluster, \
             Pool(cluster=cluster, by_value=True, show_output=script is not None,
                  dashboard=view or False) as pool:
         yield pool
