@@ -169,7 +169,7 @@ def test_a_handshake_announcing_bulk_data_is_refused_unread(arrays_cluster: Loca
     finally:
         conn.close()
     with new_proxy(uri, "marshal", arrays_cluster.settings, T) as p:
-        assert p.batch("array_tasks:identity", [[1]])["packed"] == marshal.dumps([1])
+        assert marshal.loads(p.batch("array_tasks:identity", [[1]])["packed"]) == [1]
 
 
 @pytest.mark.parametrize("algorithm", [bulk.POLY1305, bulk.HMAC_SHA1])
