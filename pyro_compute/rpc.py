@@ -25,6 +25,8 @@ _HMAC_CHUNK = struct.pack("!4sH", b"HMAC", 20)  # annotation key and length of a
 _MAGIC = message.Message.checksum_magic
 _VERSION = constants.PROTOCOL_VERSION
 _ANNOTATION = struct.Struct("!4sH")
+_CORR_CHUNK = struct.pack("!4sH", b"CORR", 16)
+_CORR_HMAC_SIZE = 2 * 6 + 16 + 20
 
 
 def covers(proxy: Pyro4.Proxy, methodname: str, vargs: Any, flags: int, object_id: Any) -> bool:
@@ -113,7 +115,9 @@ def _receive(conn: Any, key: bytes | None) -> tuple[int, int, int, dict[str, byt
         raise Pyro4.errors.ProtocolError(f"invalid msg type {kind} received")
     raw = conn.recv(anns_size) if anns_size else b""
     if anns_size == len(_HMAC_CHUNK) + 20 and raw.startswith(_HMAC_CHUNK):
-        annotations = {"HMAC": raw[len(_HMAC_CHUNK):]}  # what our workers send: the HMAC alone
+        annotations = {"HMAC": raw[len(_HMAC_CHUNK):]}  # the HMAC alone
+    elif anns_size == _CORR_HMAC_SIZE and raw.startswith(_CORR_CHUNK) and raw[22:28] == _HMAC_CHUNK:
+        annotations = {"CORR": raw[6:22], "HMAC": raw[28:]}  # what a Pyro4 daemon sends: its correlation id too
     else:
         annotations = _annotations(raw)
     data = conn.recv(data_size)
@@ -139,13 +143,7 @@ def _annotations(raw: bytes) -> dict[str, bytes]:
 
 def _hmac(key: bytes, data: bytes, annotations: dict[str, bytes]) -> bytes:
     """``Message.hmac``: SHA-1 HMAC of the data, then of the other annotations' values in name order."""
-    if len(annotations) == 1:
-        return _sha1_hmac(key, data)
-    mac = hmac.new(key, data, "sha1")
-    for name, value in sorted(annotations.items()):
-        if name != "HMAC":
-            mac.update(value)
-    return mac.digest()
+    return _sha1_hmac(key, data, *(value for name, value in sorted(annotations.items()) if name != "HMAC"))
 
 
 @functools.lru_cache(maxsize=8)
@@ -158,11 +156,16 @@ def _keyed(key: bytes) -> Any:
         return None
 
 
-def _sha1_hmac(key: bytes, data: bytes) -> bytes:
-    """``hmac.digest(key, data, "sha1")``, from a copy of the keyed state when there is one."""
+def _sha1_hmac(key: bytes, data: bytes, *more: bytes) -> bytes:
+    """HMAC-SHA1 of ``data`` and then ``more``, from a copy of the keyed state when there is one."""
     keyed = _keyed(key)
     if keyed is None:
-        return hmac.digest(key, data, "sha1")
-    mac = keyed.copy()
-    mac.update(data)
-    return mac.digest()  # type: ignore[no-any-return]
+        if not more:
+            return hmac.digest(key, data, "sha1")
+        mac = hmac.new(key, data, "sha1")
+    else:
+        mac = keyed.copy()
+        mac.update(data)
+    for value in more:
+        mac.update(value)
+    return mac.digest()

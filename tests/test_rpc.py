@@ -1,6 +1,8 @@
 """rpc: pool proxies' calls go out byte for byte as Pyro4 writes them, and replies get every Pyro4 check."""
 from __future__ import annotations
 
+import hmac
+
 import Pyro4
 import Pyro4.core
 import Pyro4.errors
@@ -49,6 +51,18 @@ def test_a_good_reply_is_read_with_its_annotations() -> None:
     assert (flags, seq, serializer_id, data) == (0, 7, 42, b"payload") and set(annotations) == {"HMAC"}
     extra = reply(annotations={"ZZZZ": b"more", "AAAA": b"first"})
     assert rpc._receive(Wire(extra), KEY)[3]["ZZZZ"] == b"more"  # HMAC over the others in name order
+
+
+def test_a_daemon_reply_with_its_correlation_id_is_read_and_its_id_is_covered_by_the_hmac() -> None:
+    corr = bytes(range(16))
+    good = reply(annotations={"CORR": corr})
+    mac = hmac.new(KEY, b"payload", "sha1")
+    mac.update(corr)
+    assert rpc._receive(Wire(good), KEY)[3] == {"CORR": corr, "HMAC": mac.digest()}
+    start = good.index(corr)
+    forged = good[:start] + bytes(16) + good[start + 16:]
+    with pytest.raises(Pyro4.errors.SecurityError, match="hmac mismatch"):
+        rpc._receive(Wire(forged), KEY)
 
 
 def test_a_tampered_or_unkeyed_reply_is_refused() -> None:
