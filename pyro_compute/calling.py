@@ -4,7 +4,6 @@ Methods of ``Scheduler`` (assigned in its class body), kept here so each module 
 """
 from __future__ import annotations
 
-import marshal
 import time
 from typing import TYPE_CHECKING, cast
 
@@ -17,7 +16,7 @@ from .dashboard_state import RunReporter
 from .links import ANSWERS, Call, Dispatcher, Link, connect, new_proxy, probe
 from .references import first_object, object_argument_refusal
 from .sending import encode_rows, show_output
-from .serializers import plain
+from .serializers import loads_plain
 from .wire import foreign, from_serpent, is_plain
 
 if TYPE_CHECKING:
@@ -49,7 +48,7 @@ def call(sched: Scheduler, d: Dispatcher, proxy: Pyro4.Proxy, chunk: Chunk,
             reply = proxy._pyroInvoke("batch", (chunk.task, args, chunk.kwargs, chunk.seeds, chunk.code),
                                       sched.flat_options() if chunk.flat else sched.options())
         if "packed" in reply:
-            reply["results"] = plain(marshal.loads(reply["packed"]))
+            reply["results"] = loads_plain(reply["packed"])
         elif "serpent" in reply:
             reply["results"] = from_serpent(reply["serpent"])
         if reply.get("objects"):

@@ -12,6 +12,7 @@ import pytest
 import remote_tasks
 from pyro_compute import LocalCluster, Pool
 from pyro_compute.replies import marshal_plain, pack, pack_plain
+from pyro_compute.serializers import _ints_only, loads_plain
 from pyro_compute.wire import register_wire
 
 T = 60
@@ -108,3 +109,28 @@ def test_pack_plain_is_marshal_plain_then_pack(values: list[Any]) -> None:
     if packed is not None:
         same(marshal.loads(packed), values)
         same(marshal.loads(packed), marshal.loads(pack(values)))
+
+
+@pytest.mark.parametrize("values", [list(range(-5, 20000)), [set(range(0, BIG, 3)), frozenset({1, 2}), (4, 5), [6], 7],
+                                    [], [[]], [2**31 - 1, -2**31]])
+def test_ints_are_checked_on_their_bytes_and_read_back_the_same(values: list[Any]) -> None:
+    data = pack_plain(values)
+    assert data is not None and _ints_only(data)
+    same(loads_plain(data), values)
+
+
+@pytest.mark.parametrize("values", [[1, 2**31], [{1, 2.5}], [(1, "x")], [[1, [2]]], [None], list(range(70)) + [[1]]])
+def test_anything_else_goes_through_the_plain_check(values: list[Any]) -> None:
+    data = pack_plain(values)
+    assert data is not None and not _ints_only(data)
+    same(loads_plain(data), values)
+
+
+def test_a_code_object_among_ints_is_refused() -> None:
+    code = marshal.dumps(compile("1", "x", "eval"), 2)
+    forged = b"[" + (3).to_bytes(4, "little") + marshal.dumps(1, 2) + code + marshal.dumps(2, 2)
+    assert not _ints_only(forged)
+    with pytest.raises(Pyro4.errors.SerializeError):
+        loads_plain(forged)
+    fake_len = b"[" + (2).to_bytes(4, "little") + marshal.dumps(1, 2) + code  # a code object posing as ints
+    assert not _ints_only(fake_len)
