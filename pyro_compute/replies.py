@@ -243,6 +243,13 @@ def _plain_piece(value: Any, depth: int) -> bytes | None:
     if kind not in _CODES:
         return None
     items = value if kind is list or kind is tuple else list(value)
+    if items and type(items[0]) is int:  # ints below 2**31 only: each item then reads back as marshal's 'i' code
+        try:
+            data = marshal.dumps(items, _PIECES)
+        except ValueError:  # something marshal cannot write: the type check below names it
+            data = b""
+        if len(data) == 5 + 5 * len(items) and data[5::5] == b"i" * len(items):
+            return data if kind is list else _CODES[kind] + data[1:]
     kinds = set(map(type, items))
     if kinds <= _MARSHAL_FLAT:
         data = marshal.dumps(items, _PIECES)

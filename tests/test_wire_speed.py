@@ -6,6 +6,7 @@ import functools
 import marshal
 from typing import Any
 
+import numpy as np
 import Pyro4
 import pytest
 
@@ -97,7 +98,8 @@ def test_marshal_plain_checks_every_int_of_a_container(values: list[Any], plain:
 
 
 REFUSED = [[object()], [[1, object()]], [{"k": {object()}}], [{1.5: 2, object(): 3}], [{1}, [2**31, 10**4300]],
-           [{2**40, 10**4300}], [[{1}, [object()]]], [{"a": {1}, "b": 10**4300}], [bytearray(b"x")]]
+           [{2**40, 10**4300}], [[{1}, [object()]]], [{"a": {1}, "b": 10**4300}], [bytearray(b"x")],
+           [[1, np.int64(2)]], [(1, np.zeros(2))], [[1, compile("1", "x", "eval")]]]
 
 
 @pytest.mark.parametrize("values", VALUES + [[list(range(-2**31, -2**31 + 50)) + [2**31 - 1, 2**31, 2**63]],
