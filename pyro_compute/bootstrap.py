@@ -8,13 +8,14 @@ process. The package object is made from the same ``__init__.py``, so ``pyro_com
 import as usual, and the first attribute it lacks (``pyro_compute.Pool`` in a task, say) runs the
 real ``__init__`` in place: code that needs the full package still gets it.
 
-Run as a script, ``sys.path[0]`` is the package directory: it is removed before anything else,
-or the package's modules would shadow top-level ones (``chunk``, ``status``, ...).
+Run as a script, ``sys.path[0]`` is the package directory: before anything else it becomes the
+current directory, as ``python -m`` has it (modules next to a script the workers run import from
+there), or the package's modules would shadow top-level ones (``chunk``, ``status``, ...).
 """
 import sys
 
 if __name__ == "__main__":
-    del sys.path[0]
+    sys.path[0] = __import__("os").getcwd()
 
 import contextlib  # noqa: E402  (after the path fix above)
 import importlib  # noqa: E402

@@ -197,6 +197,8 @@ class Resolver:
                  by_value: bool = False) -> None:
         self.modules = tuple(dict.fromkeys((*PROJECT_MODULES, *modules)))
         self.script = os.path.abspath(script) if script else None
+        if self.script is not None:  # modules next to the script import on workers as in the client
+            _on_path(os.path.dirname(self.script))
         self.by_value = by_value
         self._stdlib = _safe_stdlib()
         self._cache: dict[str, Callable[..., Any]] = {}
@@ -306,7 +308,7 @@ class Resolver:
         module = importlib.util.module_from_spec(spec)
         module.__dict__[_SHA256] = self._script_sha256 = script_hash(self.script)
         sys.modules[SCRIPT_MODULE] = module
-        sys.path.insert(0, os.path.dirname(self.script))
+        _on_path(os.path.dirname(self.script))
         try:
             spec.loader.exec_module(module)
         except BaseException:
@@ -336,6 +338,12 @@ def _options(ref: str, text: str) -> dict[str, Any]:
     if "kwargs" in options and not all(isinstance(k, str) for k in options["kwargs"]):
         raise KernelError("the keyword arguments of a partial must have string names")
     return options
+
+
+def _on_path(directory: str) -> None:
+    """Put ``directory`` first on ``sys.path`` (as running a script there does), once."""
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
 
 
 def _class_name(kind: type) -> str:

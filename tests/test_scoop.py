@@ -407,3 +407,14 @@ def test_a_broadcast_made_inside_a_task_reaches_children_run_by_the_waiting_task
     script = tmp_path / "broadcast_in_task.py"
     script.write_text(BROADCAST_IN_TASK)
     assert launch(script, timeout=120).strip() == repr(([9900] * 3, [4950] * 6))
+
+
+def test_modules_next_to_the_script_import_on_the_workers(tmp_path: Path) -> None:
+    """A function sent by value that uses a module beside the script (SCOOP's deap_ga_evosn does) runs
+    on the workers, wherever the launcher was started from."""
+    (tmp_path / "neighbour.py").write_text("def triple(x):\n    return 3 * x\n")
+    script = tmp_path / "uses_neighbour.py"
+    script.write_text("import neighbour\nfrom pyro_compute import futures\n\n"
+                      "if __name__ == '__main__':\n"
+                      "    print(list(futures.map(lambda x: neighbour.triple(x), range(4))))\n")
+    assert launch(script).strip() == "[0, 3, 6, 9]"
