@@ -107,9 +107,11 @@ def judge(sched: Scheduler, link: Link, call: Call, error: BaseException) -> str
     """Classify a failed call (probing the worker, outside the lock): retry, lost or too large."""
     if isinstance(error, Pyro4.errors.ConnectionClosedError) and probe(link.uri, sched.settings) == ANSWERS:
         # A worker that still answers hung up. On a connection that sat idle it may have
-        # closed it as idle: reconnect and retry. On a connection made for this very call,
-        # it refused the message: over its size limit (ours or the result).
-        return "too large" if call.fresh or call.chunk.hangups >= 2 else "retry"
+        # closed it as idle: reconnect and retry. A connection made for this very call may
+        # have sat idle too (a starved client thread between handshake and request), so that
+        # is retried once; a second hang-up means the worker refused the message: over its
+        # size limit (ours or the result).
+        return "too large" if call.chunk.hangups >= (1 if call.fresh else 2) else "retry"
     return "lost"
 
 
