@@ -35,6 +35,8 @@ def _inherited(kind: type, name: str) -> bool:
 
 def as_state(values: list[Any]) -> tuple[list[Any], bool]:
     """``values`` with each qualifying object (in lists, tuples and dict values) as its state; True if any was."""
+    if not any(kind in _CONTAINERS or qualifies(kind) for kind in set(map(type, values))):
+        return values, False  # numpy results, say: no walk on the reply's path
     found = [False]
     converted = [_as_state(v, 0, found) for v in values]
     return (converted, True) if found[0] else (values, False)
