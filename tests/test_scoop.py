@@ -15,14 +15,19 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "clients" / "scoop_examples"
 
 
-def launch(script: Path | str, *args: str, workers: int = 2, timeout: float = 240) -> str:
-    """Run ``script`` with the launcher on an embedded cluster; return its stdout."""
+def launched(script: Path | str, *args: str, workers: int = 2, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` with the launcher on an embedded cluster; the finished process (exit 0)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYRO")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     proc = subprocess.run([sys.executable, "-m", "pyro_compute", "-n", str(workers), str(script), *args],
                           capture_output=True, text=True, timeout=timeout, env=env, cwd=str(ROOT))
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    return proc.stdout
+    return proc
+
+
+def launch(script: Path | str, *args: str, workers: int = 2, timeout: float = 240) -> str:
+    """Run ``script`` with the launcher on an embedded cluster; return its stdout."""
+    return launched(script, *args, workers=workers, timeout=timeout).stdout
 
 
 def test_recursive_tree_matches_serial_answer() -> None:
@@ -131,11 +136,7 @@ def test_rest_of_scoop_surface() -> None:
 
 def test_task_output_reaches_the_client_prefixed_by_worker() -> None:
     """print to stdout/stderr and logging in a task show on the client's streams, per worker."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYRO")}
-    env["PYTHONPATH"] = str(ROOT)
-    proc = subprocess.run([sys.executable, "-m", "pyro_compute", "-n", "2", str(EXAMPLES / "output.py")],
-                          capture_output=True, text=True, timeout=240, env=env, cwd=str(ROOT))
-    assert proc.returncode == 0, proc.stderr
+    proc = launched(EXAMPLES / "output.py")
     out = proc.stdout.splitlines()
     assert out[-1] == "results [1, 2, 3, 4]"
     said = sorted(line.split("] ", 1)[1] for line in out[:-1])
@@ -151,11 +152,7 @@ def test_output_of_tasks_nested_on_another_worker_reaches_the_client() -> None:
     """A task's children print on whichever worker runs them; every line reaches the client, its
     prefix the chain of workers it came through, starting at the parent's and ending at the one
     that ran the child."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYRO")}
-    env["PYTHONPATH"] = str(ROOT)
-    proc = subprocess.run([sys.executable, "-m", "pyro_compute", "-n", "2", str(EXAMPLES / "nested_output.py")],
-                          capture_output=True, text=True, timeout=240, env=env, cwd=str(ROOT))
-    assert proc.returncode == 0, proc.stderr
+    proc = launched(EXAMPLES / "nested_output.py")
     out = proc.stdout.splitlines()
     ran = dict(pair.split(":", 1) for pair in out[-1].split()[1:])
     short = {i: w.removeprefix("pyro_compute.evaluator.") for i, w in ran.items()}
