@@ -24,6 +24,7 @@ import dataclasses
 import logging
 import queue
 import resource
+import select
 import selectors
 import socket
 import ssl
@@ -50,6 +51,7 @@ MAX_PENDING = 1024                      # unauthenticated connections; the oldes
 MAX_CONNECTIONS = 4096                  # all connections (and at most the fd limit less 64)
 IDLE_TIMEOUT = 600.0                    # default seconds an authenticated connection may stay idle
 IO_TIMEOUT = 60.0                       # seconds one read or write of an accepted request may block
+LINGER_MS = 2                           # a request's thread waits this long for the client's next one
 TICK = 0.2                              # seconds between checks of deadlines and the loop condition
 _disconnect_lock = threading.Lock()
 
@@ -108,8 +110,10 @@ class GuardedServer:
         self._lock = threading.Lock()
         self._last_sweep = 0.0
         self.max_connections = min(MAX_CONNECTIONS, raise_fd_limit() - 64)
-        self._jobs = concurrent.futures.ThreadPoolExecutor(
-            max(2, Pyro4.config.THREADPOOL_SIZE), thread_name_prefix="serve")
+        threads = max(2, Pyro4.config.THREADPOOL_SIZE)
+        self._jobs = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="serve")
+        self._lingering = 0  # pool threads waiting for their client's next request
+        self._linger_max = threads // 2
 
     # -- the Pyro4 transport server interface --------------------------------------------------
 
@@ -327,10 +331,31 @@ class GuardedServer:
                 c.conn.pending = header
                 c.conn.raw_ok = msg.serializer_id == bulk.SERIALIZER_ID
                 self.daemon.handleRequest(c.conn)
-                if not (isinstance(c.sock, ssl.SSLSocket) and c.sock.pending()):
+                if not (isinstance(c.sock, ssl.SSLSocket) and c.sock.pending()) and not self._linger(c):
                     return True
         finally:
             bulk.close_channel(None)
+
+    def _linger(self, c: _Client) -> bool:
+        """Whether the client's next request arrived within LINGER_MS: this thread then serves it too.
+
+        A client calling again at once (a lone caller, a dispatcher with queued work) so skips two
+        thread hand-offs per request: select loop to pool thread and back. At most half the pool
+        threads linger, and none once the server stops listening (a draining worker).
+        """
+        if self.shutting_down or self.sock is None:
+            return False
+        with self._lock:
+            if self._lingering >= self._linger_max:
+                return False
+            self._lingering += 1
+        try:
+            poller = select.poll()  # not select.select: descriptors may exceed FD_SETSIZE
+            poller.register(c.sock, select.POLLIN)
+            return bool(poller.poll(LINGER_MS))
+        finally:
+            with self._lock:
+                self._lingering -= 1
 
     def _dispatch(self, c: _Client) -> None:
         self._selector.unregister(c.sock)
