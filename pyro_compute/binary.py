@@ -208,6 +208,8 @@ def loads(data: bytes) -> Any:
     if magic != MAGIC or not (type(flags) is int and isinstance(sizes, list) and isinstance(nonce, bytes)
                               and isinstance(carried, list)):
         raise Pyro4.errors.SerializeError("a pyro_compute binary message is malformed")
+    if not (carried or sizes or flags & REBUILD):
+        return plain(tree)  # every plain call and reply
     keys = [k for k in carried if isinstance(k, str)]
     if keys and expect_hook is not None:
         expect_hook(keys, True)  # another call to this worker that needs them waits for them

@@ -6,12 +6,17 @@ import concurrent.futures
 import itertools
 import sys
 import time
+from concurrent.futures import _base
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from . import taskctx
 from .errors import RemoteError, RemoteTraceback
+
+
+_FINISHED = _base.FINISHED
+_DONE = frozenset({_base.CANCELLED, _base.CANCELLED_AND_NOTIFIED, _base.FINISHED})
 
 
 class TaskFuture(concurrent.futures.Future[Any]):
@@ -35,13 +40,15 @@ class TaskFuture(concurrent.futures.Future[Any]):
 
     def result(self, timeout: float | None = None) -> Any:
         """The result (``concurrent.futures.Future.result``); see the class docstring."""
-        if not self.done():
+        if self._state not in _DONE:  # read without the lock: a future once done stays done
             timeout = self._help(timeout)
+        if self._state is _FINISHED and self._exception is None:
+            return self._result
         return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The exception (``concurrent.futures.Future.exception``); see the class docstring."""
-        if not self.done():
+        if self._state not in _DONE:
             timeout = self._help(timeout)
         return super().exception(timeout)
 

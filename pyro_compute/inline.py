@@ -47,6 +47,7 @@ class Inline:
         self.sleeping = False  # the waker waits without a timeout: a new lone task must notify it
         self.waker: threading.Thread | None = None
         self.sent = 0  # calls sent by their callers (for tests and curious users)
+        self.held: Dispatcher | None = None  # the idle dispatcher ``hold`` found, tried first by ``claim``
 
     def hold(self, chunk: Chunk) -> bool:
         """Queue a lone submitted chunk without waking a dispatcher, if one is idle; caller holds the lock.
@@ -55,7 +56,10 @@ class Inline:
             False (nothing done) unless the queue was empty and a worker is idle.
         """
         sched = self.sched
-        if sched.pending or self.waker is None or self.idle_dispatcher() is None:
+        if sched.pending or self.waker is None:
+            return False
+        self.held = self.idle_dispatcher()
+        if self.held is None:
             return False
         sched.pending.append(chunk)
         now = time.monotonic()
@@ -149,9 +153,11 @@ class Inline:
         expected = None if per_item is None else per_item * len(chunk.args)
         if timeout is not None and (expected is None or expected * TIMEOUT_FACTOR + self.margin() > timeout):
             return None
-        d = self.idle_dispatcher()
-        if d is None:
-            return None
+        d = self.held
+        if d is None or d not in sched.idle or d.link.calls or d.link.state != OK:
+            d = self.idle_dispatcher()
+            if d is None:
+                return None
         sched.pending.popleft()
         if not sched.pending:
             self.held_since = None  # nothing left for the waker to wake anyone for

@@ -121,7 +121,7 @@ class Pool(concurrent.futures.Executor):
             TypeError: fn cannot be sent by reference.
         """
         chunk = Chunk(self._task_of(fn), [args], kwargs or None, None, single=True)
-        self._scheduler.enqueue([chunk])
+        self._scheduler.submit(chunk)
         return chunk.future
 
     def map(self, fn: Callable[..., T] | str, *iterables: Iterable[Any], timeout: float | None = None,
@@ -296,7 +296,7 @@ class Pool(concurrent.futures.Executor):
         sched.feeder_started()
         feeder = Feeder(task, args, total=total, flat=flat,
                         size=lambda remaining: chunksize or sched.chunk_size(task[0], remaining),
-                        submit=functools.partial(sched.enqueue_one, fed=True), done=sched.feeder_stopped,
+                        submit=sched.enqueue, done=sched.feeder_stopped,
                         seed=seed, key=key, ordered=ordered, in_flight=sched.in_flight_bound())
         feeder.start()
         return feeder

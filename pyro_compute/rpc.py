@@ -51,8 +51,8 @@ def invoke(proxy: Pyro4.Proxy, methodname: str, vargs: Any, kwargs: Any) -> Any:
     with proxy._Proxy__pyroConnLock:
         conn = proxy._pyroConnection
         serializer = util.get_serializer(proxy._pyroSerializer or Pyro4.config.SERIALIZER)
-        data, _ = serializer.serializeCall(conn.objectId, methodname, vargs, kwargs, compress=False)
-        proxy._pyroSeq = seq = (proxy._pyroSeq + 1) & 0xffff
+        data = serializer.dumpsCall(conn.objectId, methodname, vargs, kwargs)  # serializeCall, not compressed
+        proxy.__dict__["_pyroSeq"] = seq = (proxy._pyroSeq + 1) & 0xffff  # past Proxy.__setattr__'s Python
         key = proxy._pyroHmacKey
         request = _message(message.MSG_INVOKE, data, serializer.serializer_id, seq, key)
         try:
@@ -88,7 +88,10 @@ def _result(proxy: Pyro4.Proxy, conn: Any, serializer: Any, seq: int, key: bytes
     if annotations:
         Pyro4.core.current_context.response_annotations = annotations
         proxy._pyroResponseAnnotations(annotations, message.MSG_RESULT)
-    result = serializer.deserializeData(data, compressed=flags & message.FLAGS_COMPRESSED)
+    if flags & message.FLAGS_COMPRESSED:
+        result = serializer.deserializeData(data, compressed=True)
+    else:
+        result = serializer.loads(data)  # what deserializeData does with uncompressed data
     if flags & message.FLAGS_ITEMSTREAMRESULT:
         raise Pyro4.errors.ProtocolError("result of call is an iterator; pool proxies take no streamed results")
     if flags & message.FLAGS_EXCEPTION:
@@ -114,13 +117,18 @@ def _receive(conn: Any, key: bytes | None) -> tuple[int, int, int, dict[str, byt
     if kind != message.MSG_RESULT:
         raise Pyro4.errors.ProtocolError(f"invalid msg type {kind} received")
     raw = conn.recv(anns_size) if anns_size else b""
-    if anns_size == len(_HMAC_CHUNK) + 20 and raw.startswith(_HMAC_CHUNK):
+    if anns_size == _CORR_HMAC_SIZE and raw.startswith(_CORR_CHUNK) and raw[22:28] == _HMAC_CHUNK:
+        corr, mac = raw[6:22], raw[28:]  # what a Pyro4 daemon sends: its correlation id and the HMAC
+        annotations = {"CORR": corr, "HMAC": mac}
+        data = conn.recv(data_size)
+        if key and hmac.compare_digest(mac, _sha1_hmac(key, data, corr)):  # _hmac of these two
+            return flags, seq, serializer_id, annotations, data
+    elif anns_size == len(_HMAC_CHUNK) + 20 and raw.startswith(_HMAC_CHUNK):
         annotations = {"HMAC": raw[len(_HMAC_CHUNK):]}  # the HMAC alone
-    elif anns_size == _CORR_HMAC_SIZE and raw.startswith(_CORR_CHUNK) and raw[22:28] == _HMAC_CHUNK:
-        annotations = {"CORR": raw[6:22], "HMAC": raw[28:]}  # what a Pyro4 daemon sends: its correlation id too
+        data = conn.recv(data_size)
     else:
         annotations = _annotations(raw)
-    data = conn.recv(data_size)
+        data = conn.recv(data_size)
     mac = annotations.get("HMAC")
     if mac is not None and key:
         if not hmac.compare_digest(mac, _hmac(key, data, annotations)):

@@ -13,13 +13,13 @@ import logging
 import threading
 import time
 import uuid
-from typing import Any, Sequence
+from typing import Any
 
 import Pyro4
 import Pyro4.errors
 
 from . import calling
-from .chunk import Chunk, TaskFuture
+from .chunk import Chunk
 from .config import Settings
 from .dashboard_state import RunReporter
 from .errors import WorkerUnavailableError
@@ -76,28 +76,27 @@ class Scheduler:
 
     # -- work in ---------------------------------------------------------------------------
 
-    def enqueue(self, chunks: Sequence[Chunk], *, fed: bool = False) -> None:
-        """Queue chunks; ``fed`` chunks come from a map started before shutdown and are accepted.
+    def submit(self, chunk: Chunk) -> None:
+        """Queue a submitted task, which its caller may send itself (``inline``).
 
         Raises:
             RuntimeError: the pool or the interpreter is shutting down.
         """
         with self.lock:
-            if not fed and not threading.main_thread().is_alive():
+            if not threading.main_thread().is_alive():
                 raise RuntimeError("cannot schedule new tasks after interpreter shutdown")
-            if not fed and self.shutting_down:
+            if self.shutting_down:
                 raise RuntimeError("cannot schedule new tasks after the pool was shut down")
-            for chunk in chunks:
-                if chunk.single and type(chunk.future) is TaskFuture:
-                    chunk.future.runner = self.inline.run
-                    if not fed and len(chunks) == 1 and self.inline.hold(chunk):
-                        return  # its caller may send it itself (``inline``)
+            chunk.future.runner = self.inline.run  # type: ignore[attr-defined]
+            if not self.inline.hold(chunk):
                 self.pending.append(chunk)
-            self.wake_idle()
+                self.wake_idle()
 
-    def enqueue_one(self, chunk: Chunk, *, fed: bool = False) -> None:
-        """``enqueue`` of one chunk (a feeder's submit)."""
-        self.enqueue([chunk], fed=fed)
+    def enqueue(self, chunk: Chunk) -> None:
+        """Queue a map's chunk; accepted after shutdown too (the map started before)."""
+        with self.lock:
+            self.pending.append(chunk)
+            self.wake_idle()
 
     def requeue(self, chunk: Chunk) -> None:
         """Put a chunk back in front (its worker was lost or hung); caller holds the lock."""

@@ -92,7 +92,8 @@ def plain(tree: Any) -> Any:
                 continue  # a chunk's argument tuples, checked at C speed
             stack.extend(obj)
         elif kind is dict:
-            stack.extend(obj)
+            if not set(map(type, obj)) <= _PLAIN:
+                stack.extend(obj)
             stack.extend(obj.values())
         else:
             raise Pyro4.errors.SerializeError(f"refused a {kind.__name__} in a marshal message: only "
@@ -103,9 +104,9 @@ def plain(tree: Any) -> Any:
 def loads_plain(data: bytes) -> Any:
     """``plain(marshal.loads(data))``; ints and containers of ints are checked on their bytes instead.
 
-    A list of small ints, or of a few containers of them, as marshal version 2 writes it (the
-    layout ``replies.pack_plain`` sends) is checked by the type code of every item, at C speed:
-    marshal can build nothing but those from such bytes.
+    A list of small ints, or of a few containers of them, None, True or False, as marshal
+    version 2 writes it (the layout ``replies.pack_plain`` sends) is checked by the type code of
+    every item, at C speed: marshal can build nothing but those from such bytes.
     """
     if not _ints_only(data):
         return plain(marshal.loads(data))
@@ -113,6 +114,7 @@ def loads_plain(data: bytes) -> Any:
 
 
 _SMALL_INT = b"i"  # marshal's code of an int below 2**31, then 4 bytes
+_ATOMS = frozenset(b"NTF")  # None, True, False: a code alone
 _INT_CONTAINERS = frozenset(b"[(<>")  # list, tuple, set, frozenset, each then a 4-byte count
 _FEW = 64  # top-level items looked at one by one
 
@@ -127,10 +129,13 @@ def _ints_only(data: bytes) -> bool:
         return False
     pos = 5
     for _ in range(n):
-        if pos + 5 > len(data):
+        if pos >= len(data):
             return False
         if data[pos] == _SMALL_INT[0]:
             pos += 5
+            continue
+        if data[pos] in _ATOMS:
+            pos += 1
             continue
         if data[pos] not in _INT_CONTAINERS:
             return False
