@@ -313,6 +313,8 @@ class BinarySerializer(BoundedInflate, MarshalSerializer):  # type: ignore[misc]
     serializer_id = SERIALIZER_ID
 
     def dumpsCall(self, obj: Any, method: str, vargs: Any, kwargs: Any) -> bytes:  # noqa: N802
+        if type(obj) is str and type(method) is str and _simple(vargs) and _simple(kwargs):
+            return marshal.dumps((MAGIC, 0, (obj, method, vargs, kwargs), _NONE, b"", _NONE))  # dumps' common case
         return dumps((obj, method, vargs, kwargs))
 
     def dumps(self, data: Any) -> bytes:

@@ -37,6 +37,18 @@ MAX_CHUNK = 4096
 PIPELINE_SECONDS = 0.05  # a second call is sent only behind a call expected to take less
 
 
+_exiting = False  # the main thread has ended: the interpreter is shutting down
+
+
+def _mark_exiting() -> None:
+    global _exiting
+    _exiting = True
+
+
+# Run by threading once the main thread has ended, as concurrent.futures.thread's own flag is.
+threading._register_atexit(_mark_exiting)  # type: ignore[attr-defined]
+
+
 class Scheduler:
     """Pending chunks, links and dispatcher threads of one pool; see the module docstring."""
 
@@ -83,7 +95,7 @@ class Scheduler:
             RuntimeError: the pool or the interpreter is shutting down.
         """
         with self.lock:
-            if not threading.main_thread().is_alive():
+            if _exiting:
                 raise RuntimeError("cannot schedule new tasks after interpreter shutdown")
             if self.shutting_down:
                 raise RuntimeError("cannot schedule new tasks after the pool was shut down")
@@ -368,9 +380,10 @@ class Scheduler:
         verdict = None if error is None or call.aborted else self.judge(d.link, call, error)
         with self.lock:
             call = self.unbook(d)
-            now = time.monotonic()
-            for other in d.link.calls.values():
-                other.started = now  # the call queued behind this one starts running now
+            if d.link.calls:
+                now = time.monotonic()
+                for other in d.link.calls.values():
+                    other.started = now  # the call queued behind this one starts running now
             self.unpark(d.link)
             if verdict is not None and not call.aborted:
                 self.settle_failure(d.link, chunk, error, verdict)
