@@ -46,6 +46,43 @@ def side_by_side(cases: Mapping[str, Case], repeat: int, warmup: bool = True) ->
     return {name: [statistics.median(col) for col in zip(*samples)] for name, samples in runs.items()}
 
 
+def interleaved_latency(setup: Callable[[], contextlib.AbstractContextManager[Mapping[str, Callable[[], object]]]],
+                        count: int, repeat: int) -> dict[str, list[float]]:
+    """p50 and p99 (µs) of each call ``setup()`` yields, timed call by call in rotating order; medians over ``repeat`` runs.
+
+    Every call of one kind sits between calls of the others, so the machine's drift (another
+    tenant, a migrated thread, a frequency change) reaches all kinds alike instead of one run
+    of 2,000 calls of one kind. Each run makes its calls anew with ``setup`` (new connections,
+    so new server threads, wherever the kernel places them this time) and warms them with
+    ``count // 10`` untimed calls of each kind.
+    """
+    runs: dict[str, list[tuple[float, float]]] = {}
+    for _ in range(repeat):
+        with setup() as calls:
+            names = list(calls)
+            fns = [calls[name] for name in names]
+            for _ in range(max(1, count // 10)):
+                for fn in fns:
+                    fn()
+            samples = _interleaved(fns, count)
+        for name, latencies in zip(names, samples):
+            runs.setdefault(name, []).append(percentiles_us(latencies))
+    return {name: [statistics.median(col) for col in zip(*r)] for name, r in runs.items()}
+
+
+def _interleaved(fns: Sequence[Callable[[], object]], count: int) -> list[list[float]]:
+    """Seconds of ``count`` calls of each of ``fns``, taking turns in rotating order."""
+    clock = time.perf_counter
+    samples: list[list[float]] = [[] for _ in fns]
+    for i in range(count):
+        for j in range(len(fns)):
+            k = (i + j) % len(fns)
+            start = clock()
+            fns[k]()
+            samples[k].append(clock() - start)
+    return samples
+
+
 def percentiles_us(latencies: Sequence[float]) -> tuple[float, float]:
     """p50 and p99 of ``latencies`` (seconds), in microseconds."""
     cuts = statistics.quantiles(latencies, n=100, method="inclusive")

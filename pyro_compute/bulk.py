@@ -284,6 +284,15 @@ class BulkConnection(socketutil.SocketConnection):  # type: ignore[misc]
         self.pending = data[size:]
         return data[:size] if len(data) > size else data
 
+    def recv_pair(self, first: int, second: int) -> tuple[Any, Any]:
+        """``recv(first)`` (b"" for 0), then ``recv(second)``: sliced at once when both were read ahead."""
+        data = self.pending
+        end = first + second
+        if len(data) >= end and second < BIG_MESSAGE:  # a reply that came in one piece
+            self.pending = data[end:]
+            return data[:first], data[first:end]
+        return (self.recv(first) if first else b""), self.recv(second)
+
     def _recv_some(self, size: int) -> bytes:
         """At most ``size`` bytes, at least one."""
         try:
@@ -338,10 +347,11 @@ class BulkProxy(Pyro4.Proxy):  # type: ignore[misc]
                 conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = self._bulk_peer or None
         before = getattr(_local, "channel", None)
-        ch = open_channel(conn, self._pyroHmacKey, peer)
+        key = self._pyroHmacKey
+        ch = open_channel(conn, key, peer)
         try:
             if rpc.covers(self, methodname, vargs, flags, objectId):
-                return rpc.invoke(self, methodname, vargs, kwargs)  # the same call in fewer steps
+                return rpc.invoke(self, methodname, vargs, kwargs, key)  # the same call in fewer steps
             return super()._pyroInvoke(methodname, vargs, kwargs, flags, objectId)
         finally:
             close_channel(before)

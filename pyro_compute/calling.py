@@ -31,7 +31,7 @@ def call(sched: Scheduler, d: Dispatcher, proxy: Pyro4.Proxy, chunk: Chunk,
         if packed is not None and len(args) > sched.settings.max_message_size:
             raise Pyro4.errors.MessageTooLargeError(sched.too_large(chunk, "its arguments are"))
         booked = d.link.calls[d.slot]
-        booked.fresh = connect(proxy, sched.settings)
+        booked.fresh = proxy._pyroConnection is None and connect(proxy, sched.settings)
         if sched.shared_version and (booked.fresh or d.shared_sent < sched.shared_version):
             sched.push_shared(d, proxy)
         # No lock: give_up_on sets aborted before it reads proxy, we the reverse, so
@@ -47,11 +47,12 @@ def call(sched: Scheduler, d: Dispatcher, proxy: Pyro4.Proxy, chunk: Chunk,
         else:  # proxy.batch(...) without Pyro4's per-call method object (our proxies never retry)
             reply = proxy._pyroInvoke("batch", (chunk.task, args, chunk.kwargs, chunk.seeds, chunk.code),
                                       sched.flat_options() if chunk.flat else sched.options())
-        if "packed" in reply:
-            reply["results"] = loads_plain(reply["packed"])
+        packed_results = reply.get("packed")
+        if packed_results is not None:
+            reply["results"] = loads_plain(packed_results)
         elif "serpent" in reply:
             reply["results"] = from_serpent(reply["serpent"])
-        if reply.get("objects"):
+        if "objects" in reply and reply["objects"]:
             reply["results"] = objects.rebuild(reply["results"])
     except (Pyro4.errors.SerializeError, Pyro4.errors.MessageTooLargeError) as e:
         chunk.fail(_object_refused(chunk, e))

@@ -21,8 +21,8 @@ import Pyro4.errors
 from .config import NAME_PREFIX, Settings
 from .errors import WorkerUnavailableError
 from .diagnose import explain
-from .links import ANSWERS, DOWN, OK, RETIRED, SILENT, Link, new_proxy, probe
-from .scheduler import PIPELINE_SECONDS, Scheduler
+from .links import ANSWERS, DOWN, OK, PIPELINE_SECONDS, RETIRED, SILENT, Link, new_proxy, probe
+from .scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 

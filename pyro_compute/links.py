@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 OK, DOWN, RETIRED = "ok", "down", "retired"
 WORKER_SERIALIZERS = ("marshal", "serpent")  # what the scheduler asks for; workers get ours
+PIPELINE_SECONDS = 0.05  # a second call is sent only behind a call expected to take less
 
 
 class Call:

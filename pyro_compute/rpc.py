@@ -40,8 +40,8 @@ def covers(proxy: Pyro4.Proxy, methodname: str, vargs: Any, flags: int, object_i
                 or (vargs and isinstance(vargs[0], Pyro4.core.SerializedBlob)))
 
 
-def invoke(proxy: Pyro4.Proxy, methodname: str, vargs: Any, kwargs: Any) -> Any:
-    """Call ``methodname`` on a connected proxy (``covers`` said yes) and return its result.
+def invoke(proxy: Pyro4.Proxy, methodname: str, vargs: Any, kwargs: Any, key: bytes | None) -> Any:
+    """Call ``methodname`` on a connected proxy (``covers`` said yes) with its HMAC ``key``; return the result.
 
     Raises:
         whatever Pyro4's ``_pyroInvoke`` raises in the same case; on a communication error or
@@ -53,7 +53,6 @@ def invoke(proxy: Pyro4.Proxy, methodname: str, vargs: Any, kwargs: Any) -> Any:
         serializer = util.get_serializer(proxy._pyroSerializer or Pyro4.config.SERIALIZER)
         data = serializer.dumpsCall(conn.objectId, methodname, vargs, kwargs)  # serializeCall, not compressed
         proxy.__dict__["_pyroSeq"] = seq = (proxy._pyroSeq + 1) & 0xffff  # past Proxy.__setattr__'s Python
-        key = proxy._pyroHmacKey
         request = _message(message.MSG_INVOKE, data, serializer.serializer_id, seq, key)
         try:
             conn.send(request)
@@ -116,19 +115,16 @@ def _receive(conn: Any, key: bytes | None) -> tuple[int, int, int, dict[str, byt
             f"max message size exceeded ({data_size + anns_size} where max={limit})")
     if kind != message.MSG_RESULT:
         raise Pyro4.errors.ProtocolError(f"invalid msg type {kind} received")
-    raw = conn.recv(anns_size) if anns_size else b""
+    raw, data = conn.recv_pair(anns_size, data_size)  # a BulkConnection: BulkProxy made it one
     if anns_size == _CORR_HMAC_SIZE and raw.startswith(_CORR_CHUNK) and raw[22:28] == _HMAC_CHUNK:
         corr, mac = raw[6:22], raw[28:]  # what a Pyro4 daemon sends: its correlation id and the HMAC
         annotations = {"CORR": corr, "HMAC": mac}
-        data = conn.recv(data_size)
         if key and hmac.compare_digest(mac, _sha1_hmac(key, data, corr)):  # _hmac of these two
             return flags, seq, serializer_id, annotations, data
     elif anns_size == len(_HMAC_CHUNK) + 20 and raw.startswith(_HMAC_CHUNK):
         annotations = {"HMAC": raw[len(_HMAC_CHUNK):]}  # the HMAC alone
-        data = conn.recv(data_size)
     else:
         annotations = _annotations(raw)
-        data = conn.recv(data_size)
     mac = annotations.get("HMAC")
     if mac is not None and key:
         if not hmac.compare_digest(mac, _hmac(key, data, annotations)):

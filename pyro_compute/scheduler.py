@@ -24,7 +24,7 @@ from .config import Settings
 from .dashboard_state import RunReporter
 from .errors import WorkerUnavailableError
 from .inline import Inline
-from .links import DOWN, OK, RETIRED, Call, Dispatcher, Link, abort, new_proxy
+from .links import DOWN, OK, PIPELINE_SECONDS, RETIRED, Call, Dispatcher, Link, abort, new_proxy
 from .sending import packing
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,6 @@ TARGET_SECONDS = 0.2    # work carried by one RMI call once task times are known
 MIN_SECONDS = 0.002     # guided scheduling shrinks calls down to this much work, no further
 HALF_LIFE = 16          # tasks measured after which the per-item estimate's past weighs half
 MAX_CHUNK = 4096
-PIPELINE_SECONDS = 0.05  # a second call is sent only behind a call expected to take less
 
 
 _exiting = False  # the main thread has ended: the interpreter is shutting down
@@ -305,6 +304,8 @@ class Scheduler:
 
     def unpark(self, link: Link) -> None:
         """``link`` ended a call: its parked dispatchers are idle again (still asleep); caller holds the lock."""
+        if not self.parked:
+            return
         for d in link.dispatchers:
             if d in self.parked:
                 self.parked.discard(d)
@@ -393,7 +394,8 @@ class Scheduler:
                 following = None
             else:
                 following = self.take(d)
-            self.check_over()
+            if self.shutting_down:
+                self.check_over()
         if self.deferred:  # whoever defers a failure flushes it after: no need to look under the lock
             self.flush()
         return following

@@ -32,6 +32,7 @@ from Pyro4.util import SerializerBase
 PICKLE_FAMILY = ("pickle", "dill", "cloudpickle")
 _PLAIN = frozenset({type(None), bool, int, float, complex, str, bytes})
 _ROWS = frozenset({tuple, list})
+_SEQUENCES = frozenset({list, tuple, set, frozenset})
 DEFAULT_INFLATE_LIMIT = 256 * 1024 * 1024
 _state = threading.local()
 
@@ -84,7 +85,7 @@ def plain(tree: Any) -> Any:
         kind = type(obj)
         if kind in _PLAIN:
             continue
-        if kind is list or kind is tuple or kind is set or kind is frozenset:
+        if kind in _SEQUENCES:
             types = set(map(type, obj))
             if types <= _PLAIN:
                 continue
@@ -108,9 +109,18 @@ def loads_plain(data: bytes) -> Any:
     version 2 writes it (the layout ``replies.pack_plain`` sends) is checked by the type code of
     every item, at C speed: marshal can build nothing but those from such bytes.
     """
+    if len(data) <= _SMALL and data in _seen:
+        return marshal.loads(data)
     if not _ints_only(data):
         return plain(marshal.loads(data))
+    if len(data) <= _SMALL and len(_seen) < _SEEN:
+        _seen[data] = None
     return marshal.loads(data)
+
+
+_SMALL = 64  # bytes of a payload whose verdict ``loads_plain`` remembers (a noop's [None], a small count)
+_SEEN = 4096
+_seen: dict[bytes, None] = {}  # small payloads found plain on their bytes: the same bytes need no new look
 
 
 _SMALL_INT = b"i"  # marshal's code of an int below 2**31, then 4 bytes

@@ -51,7 +51,7 @@ MAX_PENDING = 1024                      # unauthenticated connections; the oldes
 MAX_CONNECTIONS = 4096                  # all connections (and at most the fd limit less 64)
 IDLE_TIMEOUT = 600.0                    # default seconds an authenticated connection may stay idle
 IO_TIMEOUT = 60.0                       # seconds one read or write of an accepted request may block
-LINGER_MS = 2                           # a request's thread waits this long for the client's next one
+LINGER_MS = 20                          # a request's thread waits this long for the client's next one
 TICK = 0.2                              # seconds between checks of deadlines and the loop condition
 _disconnect_lock = threading.Lock()
 

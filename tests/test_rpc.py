@@ -30,6 +30,9 @@ class Wire:
             raise Pyro4.errors.ConnectionClosedError("receiving: connection closed")
         return piece
 
+    def recv_pair(self, first: int, second: int) -> tuple[bytes, bytes]:
+        return (self.recv(first) if first else b""), self.recv(second)
+
     def close(self) -> None:
         self.closed = True
 

@@ -11,7 +11,7 @@ import Pyro4
 import pytest
 
 import remote_tasks
-from pyro_compute import LocalCluster, Pool
+from pyro_compute import LocalCluster, Pool, serializers
 from pyro_compute.replies import marshal_plain, pack, pack_plain
 from pyro_compute.serializers import _ints_only, loads_plain
 from pyro_compute.wire import register_wire
@@ -114,18 +114,29 @@ def test_pack_plain_is_marshal_plain_then_pack(values: list[Any]) -> None:
 
 
 @pytest.mark.parametrize("values", [list(range(-5, 20000)), [set(range(0, BIG, 3)), frozenset({1, 2}), (4, 5), [6], 7],
-                                    [], [[]], [2**31 - 1, -2**31]])
+                                    [], [[]], [2**31 - 1, -2**31], [None], [None, True, False, 3, (4,)]])
 def test_ints_are_checked_on_their_bytes_and_read_back_the_same(values: list[Any]) -> None:
     data = pack_plain(values)
     assert data is not None and _ints_only(data)
     same(loads_plain(data), values)
 
 
-@pytest.mark.parametrize("values", [[1, 2**31], [{1, 2.5}], [(1, "x")], [[1, [2]]], [None], list(range(70)) + [[1]]])
+@pytest.mark.parametrize("values", [[1, 2**31], [{1, 2.5}], [(1, "x")], [[1, [2]]], [(None,)], list(range(70)) + [[1]]])
 def test_anything_else_goes_through_the_plain_check(values: list[Any]) -> None:
     data = pack_plain(values)
     assert data is not None and not _ints_only(data)
     same(loads_plain(data), values)
+
+
+def test_only_small_payloads_found_plain_are_remembered() -> None:
+    ok = pack_plain([None, 7])
+    assert loads_plain(ok) == [None, 7] and loads_plain(ok) == [None, 7]
+    assert ok in serializers._seen
+    forged = b"[" + (1).to_bytes(4, "little") + b"."  # [Ellipsis]: small, but not plain
+    for _ in range(2):
+        with pytest.raises(Pyro4.errors.SerializeError):
+            loads_plain(forged)
+    assert forged not in serializers._seen
 
 
 def test_a_code_object_among_ints_is_refused() -> None:
