@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from typing import Any, TypeVar
 
@@ -53,6 +54,11 @@ def sleep_then(seconds: float, value: T) -> T:
 def pid() -> int:
     """The worker's process id, to tell which worker ran a task."""
     return os.getpid()
+
+
+def serving_thread() -> int:
+    """The worker thread running this task (the one serving the request)."""
+    return threading.get_ident()
 
 
 def type_name(x: Any) -> str:
