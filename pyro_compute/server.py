@@ -12,9 +12,11 @@ oversized strangers lock clients out or make the server hold gigabytes. Here:
                all of it within PREAUTH_DEADLINE seconds
 
 A connection costs a thread only while a complete, size-checked handshake or an authenticated
-request is being handled. Idle authenticated connections cost a file descriptor and are closed
-after IDLE_TIMEOUT seconds; when MAX_CONNECTIONS are open, the oldest stranger, else the
-longest-idle client, makes room.
+request is being handled, and for up to LINGER_MS after an authenticated request: a client that
+calls again within that time is served by the same thread, without two hand-offs through the
+select loop (at most half the pool threads linger). Idle authenticated connections cost a file
+descriptor and are closed after IDLE_TIMEOUT seconds; when MAX_CONNECTIONS are open, the oldest
+stranger, else the longest-idle client, makes room.
 """
 from __future__ import annotations
 

@@ -115,6 +115,14 @@ MUTANTS = [
            "pyro_compute/evaluator.py", "args, kwargs = broadcast.values_of(chunk.args), broadcast.values_of(chunk.kwargs or {})",
            "args, kwargs = chunk.args, chunk.kwargs or {}",
            ("tests/test_scoop.py::test_a_broadcast_made_inside_a_task_reaches_children_run_by_the_waiting_task",)),
+    # -- session 5 -----------------------------------------------------------------------------
+    Mutant("worker threads never linger for the client's next request", "a client calling again at once keeps its thread",
+           "pyro_compute/server.py", "return bool(poller.poll(LINGER_MS))", "return False",
+           ("tests/test_linger.py",)),
+    Mutant("a small reply's bytes are remembered before they are checked", "only plain data is rebuilt from the wire",
+           "pyro_compute/serializers.py", "    if not _ints_only(data):\n        return plain(marshal.loads(data))\n",
+           "    _seen[data] = None\n    if not _ints_only(data):\n        return plain(marshal.loads(data))\n",
+           ("tests/test_wire_speed.py::test_only_small_payloads_found_plain_are_remembered",)),
 ]
 
 IGNORE = shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", ".mypy_cache", "*.egg-info",
