@@ -166,8 +166,14 @@ def _simple(obj: Any, depth: int = 0) -> bool:
     if kind is list or kind is tuple:
         return set(map(type, obj)) <= _SIMPLE or all(_simple(x, depth + 1) for x in obj if type(x) not in _SIMPLE)
     if kind is dict:
-        return set(map(type, obj)) <= _SIMPLE and (set(map(type, obj.values())) <= _SIMPLE or all(
-            _simple(v, depth + 1) for v in obj.values() if type(v) not in _SIMPLE))
+        if not set(map(type, obj)) <= _SIMPLE:
+            return False
+        if set(map(type, obj.values())) <= _SIMPLE:
+            return True
+        for v in obj.values():  # a loop, not all() over a generator: a reply's few values
+            if type(v) not in _SIMPLE and not _simple(v, depth + 1):
+                return False
+        return True
     return False
 
 

@@ -314,7 +314,7 @@ class BulkConnection(socketutil.SocketConnection):  # type: ignore[misc]
             raise Pyro4.errors.TimeoutError("sending: timeout") from None
         except OSError as e:
             raise Pyro4.errors.ConnectionClosedError(f"sending: connection lost: {e}") from None
-        ch = current()
+        ch = getattr(_local, "channel", None)  # current(), without a call per message
         out = ch.outgoing if ch is not None and ch.conn is self else None
         if out is None:
             return
