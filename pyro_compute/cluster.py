@@ -104,7 +104,11 @@ class LocalCluster:
         self._forked: ForkServer | None = None
         self._count = 0
         self._started = False  # the first n_workers have registered
-        self._finalizer = weakref.finalize(self, terminate, self._stoppable, self._ns_procs)
+        # Our children stop by themselves once this process is gone, however it ends (lifeline.py):
+        # the write end stays here, non-inheritable, and closes with the cluster or the process.
+        self._lifeline_r, self._lifeline_w = os.pipe()
+        self._finalizer = weakref.finalize(self, _stop_all, self._stoppable, self._ns_procs,
+                                           (self._lifeline_r, self._lifeline_w))
         try:
             self._start_fork_server()  # first: its import and warm-up are the longest part
             self.start_nameserver(wait=False)  # up long before the first worker registers
@@ -268,8 +272,9 @@ class LocalCluster:
         full_env.update(env)
         log = open(Path(self._logdir.name) / f"{label}.log", "wb")
         with log:
-            return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    env=full_env, pass_fds=pass_fds)
+            return subprocess.Popen([*cmd, "--lifeline-fd", str(self._lifeline_r)], stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=subprocess.STDOUT, env=full_env,
+                                    pass_fds=(*pass_fds, self._lifeline_r))
 
     def _check_alive(self, proc: WorkerProcess, what: str) -> None:
         if proc.poll() is None or proc.returncode in (-signal.SIGTERM, -signal.SIGKILL):
@@ -300,6 +305,17 @@ def _worker_count(n_workers: int | None) -> int:
         raise ValueError(f"a cluster needs at least one worker, not {n_workers}; pass a positive "
                          "count, or None for one worker per core")
     return n_workers
+
+
+def _stop_all(workers: Sequence[WorkerProcess], nameservers: Sequence[subprocess.Popen[bytes]],
+              lifeline: tuple[int, int]) -> None:
+    """``terminate``, then close the lifeline (its children are stopped already)."""
+    try:
+        terminate(workers, nameservers)
+    finally:
+        for fd in lifeline:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def terminate(workers: Sequence[WorkerProcess], nameservers: Sequence[subprocess.Popen[bytes]],

@@ -46,7 +46,7 @@ class StatusPipe:
 
 
 def serve_for_cluster(settings: Settings, count: int, name: str | None, script: str | None,
-                      by_value: bool, status_fd: int, warm: bool = True) -> NoReturn:
+                      by_value: bool, status_fd: int, warm: bool = True, lifeline: int = -1) -> NoReturn:
     """Warm up, fork ``count`` workers that are not restarted, report them on ``status_fd``; serve until SIGTERM.
 
     Exits the process: once its workers have stopped, the fork server has nothing left to clean up,
@@ -56,7 +56,7 @@ def serve_for_cluster(settings: Settings, count: int, name: str | None, script: 
     code = 1
     try:
         code = serve_many(settings, count, name=name, script=script, by_value=by_value,
-                          restart=False, report=status.write, warm=warm)
+                          restart=False, report=status.write, warm=warm, lifeline=lifeline)
     finally:
         status.close()
         logging.shutdown()

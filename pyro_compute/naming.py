@@ -25,6 +25,7 @@ from typing import Any
 
 import Pyro4
 
+from . import lifeline
 from .config import NAME_PREFIX, Settings, require_secret
 from .diagnose import explain_bind, peer_alive
 from .errors import ConfigError, register_errors
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-x", "--nobc", action="store_true", help="no broadcast server (always the case)")
     p.add_argument("--insecure", action="store_true",
                    help="serve without a secret (anyone who can connect may register names); loopback only")
+    lifeline.add_argument(p)
     return p
 
 
@@ -118,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             server.wakeup()  # ends the loop now, not at its next 0.2 s tick; takes no lock
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop)
+    lifeline.watch(args.lifeline_fd, stop, "name server")
     print(f"NS running on {daemon.locationStr}", flush=True)
     print(f"URI = {daemon.uriFor(daemon.nameserver)}", flush=True)
     try:

@@ -102,12 +102,14 @@ class Supervisor:
         report: called with ``fork NAME PID`` and ``exit PID CODE`` as children come and go.
         warm: load Numba and the kernels before forking, so every child shares them copy-on-write;
             False forks at once and each child loads them on its first kernel call.
+        lifeline: the read end of LocalCluster's lifeline (``lifeline.py``): all stop once it says
+            the cluster's owner is gone; -1 for none.
     """
 
     def __init__(self, settings: Settings, count: int, name: str | None = None, port: int = 0,
                  script: str | None = None, by_value: bool = False, restart_delay: float = 0.5,
                  restart: bool = True, report: Callable[[str], None] | None = None,
-                 warm: bool = True) -> None:
+                 warm: bool = True, lifeline: int = -1) -> None:
         if count < 1:
             raise ConfigError(f"a supervisor needs at least one worker, not {count}")
         base = name or f"{socket.gethostname()}.{os.getpid()}"
@@ -126,6 +128,11 @@ class Supervisor:
         self._parent = os.getpid()
         self._wake_r, self._wake_w = os.pipe()  # stop() wakes run() at once, not after its 0.2 s nap
         os.set_blocking(self._wake_w, False)
+        self._lifeline = lifeline  # readable once the LocalCluster that started us is gone (lifeline.py)
+        self._poller = select.poll()  # not select.select: the lifeline's descriptor may exceed FD_SETSIZE
+        for fd in (self._wake_r, lifeline):
+            if fd >= 0:
+                self._poller.register(fd, select.POLLIN)
 
     def start(self) -> None:
         """Warm the kernels, fork every worker and wait until each has built its daemon.
@@ -173,9 +180,13 @@ class Supervisor:
             os.write(self._wake_w, b"x")
 
     def _nap(self, seconds: float) -> bool:
-        """Sleep ``seconds`` or until ``stop()``; False (run's ``watch`` protocol: do not stop for this)."""
-        if select.select([self._wake_r], [], [], seconds)[0]:
+        """Sleep ``seconds`` or until ``stop()``; True once the lifeline says our owner is gone."""
+        ready = {fd for fd, _ in self._poller.poll(seconds * 1000)}
+        if self._wake_r in ready:
             os.read(self._wake_r, 4096)
+        if self._lifeline in ready:
+            log.warning("the process that started these workers exited; stopping them")
+            return True
         return False
 
     @property

@@ -15,7 +15,7 @@ import Pyro4
 import Pyro4.errors
 import Pyro4.naming
 
-from . import __version__, kernels
+from . import __version__, kernels, lifeline
 from .config import NAME_PREFIX, Settings, is_loopback, require_secret
 from .diagnose import explain, explain_bind, peer_alive
 from .errors import ComputeError, ConfigError
@@ -266,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="count", default=0, help="log debug messages")
     # LocalCluster's: fork -n workers that are not restarted, report them on this pipe (forkserver.py).
     p.add_argument("--status-fd", type=int, default=-1, help=argparse.SUPPRESS)
+    lifeline.add_argument(p)
     from .supervisor import add_workers_argument  # here: supervisor imports this module
     add_workers_argument(p)
     return p
@@ -299,15 +300,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.status_fd >= 0:
         from .forkserver import serve_for_cluster
         serve_for_cluster(settings, args.workers or 1, args.name, args.script, args.allow_by_value,
-                          args.status_fd, warm=not args.lazy_kernels)
+                          args.status_fd, warm=not args.lazy_kernels, lifeline=args.lifeline_fd)
     if (args.workers or 1) > 1:
         return supervisor.serve_many(settings, args.workers, name=args.name, port=args.port,
                                      script=args.script, by_value=args.allow_by_value,
-                                     warm=not args.lazy_kernels)
+                                     warm=not args.lazy_kernels, lifeline=args.lifeline_fd)
     worker = Worker(settings, name=args.name, port=args.port, script=args.script,
                     by_value=args.allow_by_value, warm=not args.lazy_kernels)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker.stop())
+    lifeline.watch(args.lifeline_fd, worker.stop, "worker")
     print(f"ready {worker.name} {worker.uri}", flush=True)
     worker.serve()
     return 0

@@ -123,6 +123,9 @@ MUTANTS = [
            "pyro_compute/serializers.py", "    if not _ints_only(data):\n        return plain(marshal.loads(data))\n",
            "    _seen[data] = None\n    if not _ints_only(data):\n        return plain(marshal.loads(data))\n",
            ("tests/test_wire_speed.py::test_only_small_payloads_found_plain_are_remembered",)),
+    Mutant("LocalCluster's children get no lifeline", "a killed owner leaves no cluster process behind",
+           "pyro_compute/cluster.py", '[*cmd, "--lifeline-fd", str(self._lifeline_r)]', "cmd",
+           ("tests/test_local_cluster.py::test_a_killed_owner_leaves_no_cluster_process_behind",)),
 ]
 
 IGNORE = shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", ".mypy_cache", "*.egg-info",
