@@ -33,6 +33,8 @@ PICKLE_FAMILY = ("pickle", "dill", "cloudpickle")
 _PLAIN = frozenset({type(None), bool, int, float, complex, str, bytes})
 _ROWS = frozenset({tuple, list})
 _SEQUENCES = frozenset({list, tuple, set, frozenset})
+_CONTAINERS = _SEQUENCES | {dict}
+_PLAIN_OR_CONTAINER = _PLAIN | _CONTAINERS
 DEFAULT_INFLATE_LIMIT = 256 * 1024 * 1024
 _state = threading.local()
 
@@ -95,7 +97,14 @@ def plain(tree: Any) -> Any:
         elif kind is dict:
             if not set(map(type, obj)) <= _PLAIN:
                 stack.extend(obj)
-            stack.extend(obj.values())
+            values = obj.values()
+            types = set(map(type, values))
+            if types <= _PLAIN:
+                continue
+            if types <= _PLAIN_OR_CONTAINER:  # push only the containers (a reply's error list), at C speed
+                stack.extend(itertools.compress(values, map(_CONTAINERS.__contains__, map(type, values))))
+            else:
+                stack.extend(values)  # the odd one is refused below
         else:
             raise Pyro4.errors.SerializeError(f"refused a {kind.__name__} in a marshal message: only "
                                               "plain data may arrive that way")
