@@ -124,7 +124,7 @@ def latency(repeat: int, calls: int = 2000) -> Report:
                        "raw batch() (marshal)": lambda: raw.batch(noop, [[]])}
 
         @contextlib.contextmanager
-        def scale() -> Iterator[dict[str, Callable[[], object]]]:
+        def others() -> Iterator[dict[str, Callable[[], object]]]:
             # Apart from the target pair: between calls this heavy, every call would start with
             # caches the other one cooled.
             uri, hmac = next(iter(local.registered().values())), local.settings.hmac_bytes
@@ -134,7 +134,7 @@ def latency(repeat: int, calls: int = 2000) -> Report:
         # Where the kernel puts each connection's server thread moves a run's p50 by up to 10%
         # either way; four times the runs, each a quarter as long, average that out.
         med = interleaved_latency(target, calls // 4, 4 * repeat)
-        med.update(interleaved_latency(scale, calls // 4, 4 * repeat))
+        med.update(interleaved_latency(others, calls // 4, 4 * repeat))
     baselines = [label for label in med if label != "submit"]
     # issue 12 item 4: p50 <= 1.1x and p99 <= 1.2x a raw Pyro4 call (marshal, as the pool sends) in the same run
     for i, (pct, limit) in enumerate([("p50", 1.1), ("p99", 1.2)]):

@@ -31,7 +31,6 @@ REBUILD = 1  # flags: the tree holds markers or class dicts
 STREAM_MIN = 64 * 1024  # buffers smaller than this travel inside the message
 _FLAT = frozenset({type(None), bool, int, float, complex, str})
 _SIMPLE = _FLAT | {bytes}  # what marshal writes as it is
-_ROW_TYPES = (tuple, list)
 _NONE: list[Any] = []  # no sizes, no handles carried
 _DTYPE = re.compile(r"[<>|=][biufc][0-9]{1,2}")
 SAFE_KINDS = "biufc"
@@ -320,9 +319,7 @@ class BinarySerializer(BoundedInflate, MarshalSerializer):  # type: ignore[misc]
     serializer_id = SERIALIZER_ID
 
     def dumpsCall(self, obj: Any, method: str, vargs: Any, kwargs: Any) -> bytes:  # noqa: N802
-        if (type(obj) is str and type(method) is str and type(vargs) in _ROW_TYPES and set(map(type, vargs)) <= _SIMPLE
-                and type(kwargs) is dict and set(map(type, kwargs.values())) <= _SIMPLE
-                and set(map(type, kwargs)) <= _SIMPLE):  # a pool's batch call: _simple's common case, flat
+        if type(obj) is str and type(method) is str and _simple(vargs, 1) and _simple(kwargs, 1):  # dumps' check
             return marshal.dumps((MAGIC, 0, (obj, method, vargs, kwargs), _NONE, b"", _NONE))
         return dumps((obj, method, vargs, kwargs))
 

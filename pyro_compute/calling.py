@@ -52,7 +52,7 @@ def call(sched: Scheduler, d: Dispatcher, proxy: Pyro4.Proxy, chunk: Chunk,
             reply["results"] = loads_plain(packed_results)
         elif "serpent" in reply:
             reply["results"] = from_serpent(reply["serpent"])
-        if "objects" in reply and reply["objects"]:
+        if reply.get("objects"):
             reply["results"] = objects.rebuild(reply["results"])
     except (Pyro4.errors.SerializeError, Pyro4.errors.MessageTooLargeError) as e:
         chunk.fail(_object_refused(chunk, e))

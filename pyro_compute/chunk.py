@@ -94,10 +94,7 @@ class Chunk:
         a late duplicate is dropped.
         """
         if self.single and not errors:
-            try:
-                self.future.set_result(results[0])
-            except concurrent.futures.InvalidStateError:
-                pass  # another copy of this chunk settled it first
+            self._settle(self.future.set_result, results[0])  # a settled future refuses it
         elif self.future.done():
             return
         elif not self.single:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import Pyro4
 
 from .chunk import Chunk, TaskFuture
-from .links import OK, PIPELINE_SECONDS, RETIRED, Call, Dispatcher, abort, new_proxy
+from .links import OK, RETIRED, Call, Dispatcher, abort, new_proxy
 from .sending import packing
 
 if TYPE_CHECKING:
@@ -171,8 +171,7 @@ class Inline:
         del sched.idle[d]
         self.lent.add(d)
         sched.book(d, Call(chunk, time.monotonic(), expected))
-        if not (sched.pipeline and expected is not None and expected < PIPELINE_SECONDS):
-            sched.park_behind(d.link)  # else it is the link's only call, and a short one: nothing to park
+        sched.park_behind(d.link)
         self.sent += 1
         return d, chunk, packing(chunk)
 

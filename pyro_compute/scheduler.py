@@ -394,8 +394,7 @@ class Scheduler:
                 following = None
             else:
                 following = self.take(d)
-            if self.shutting_down:
-                self.check_over()
+            self.check_over()
         if self.deferred:  # whoever defers a failure flushes it after: no need to look under the lock
             self.flush()
         return following
