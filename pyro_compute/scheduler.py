@@ -73,9 +73,10 @@ class Scheduler:
         self.show_output = False  # ask workers for what tasks print, and print it here
         self.reporter: RunReporter | None = None  # a dashboard told of every finished call
         self.reported = 0  # tasks reported done to it
-        # Only on the launcher's own cluster (per-run secret, loopback, the user's processes):
-        # results the wire cannot carry come back pickled instead of failing their tasks.
-        self.by_value = False  # arguments the wire cannot carry (objects of script classes) go pickled
+        # Arguments the wire cannot carry (objects of script classes) go pickled, to workers that
+        # accept them by value (the launcher's own cluster). Results never come back pickled:
+        # objects of script classes travel as plain state (objects.py).
+        self.by_value = False
         self.feeders = 0
         self.shutting_down = False
         self.over = threading.Event()  # shut down and nothing left to run: threads exit
